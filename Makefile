@@ -1,0 +1,24 @@
+# `make demo` and `make test` set themselves up in .venv (CPU torch from the local wheel cache when present).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+
+.PHONY: setup test demo clean
+
+$(VENV)/.installed: setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip show torch >/dev/null 2>&1 || $(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest tests -q
+
+demo: setup
+	bash scripts/demo.sh
+
+clean:
+	rm -rf out/demo

@@ -1,0 +1,259 @@
+"""The Llama-style decoder: embedding -> Blocks (RMSNorm, GQA attention with RoPE, RMSNorm, SwiGLU) -> norm -> lm_head.
+
+Weight layout: q/k/v live in one fused `attn.qkv` linear (rows ordered q heads, k heads, v heads) and gate/up in
+one fused `mlp.gate_up` linear (gate rows first), so each is a single GEMM. `lit_gpt.convert` maps these to and
+from Hugging Face's separate projections.
+
+Initialisation (`GPT.reset_parameters`): every linear and embedding weight ~ N(0, init_std); the two projections
+that write into the residual stream (`attn.proj`, `mlp.down`) use init_std / sqrt(2 * n_layer) so the residual
+variance stays O(1) with depth (GPT-2); norm weights are 1.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lit_gpt.config import Config
+
+try:  # optional accelerator, used on CUDA with half precision inputs
+    from flash_attn import flash_attn_func
+except ImportError:  # pragma: no cover - depends on the environment
+    flash_attn_func = None
+
+
+class GPT(nn.Module):
+    def __init__(self, config: Config, kernels: bool = False) -> None:
+        """`kernels=True` routes RMSNorm, RoPE, SwiGLU and the loss through the fused Triton kernels in
+        `lit_gpt.kernels` (on CUDA tensors; CPU tensors always take the PyTorch reference path)."""
+        super().__init__()
+        self.config = config
+        self.kernels = kernels
+        self.embed = nn.Embedding(config.vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm = RMSNorm(config.n_embd, config.norm_eps)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.rope_cache: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.config.init_std
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight") or "_norm." in name:
+                nn.init.ones_(p)
+            elif name.endswith(("attn.proj.weight", "mlp.down.weight")):
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.config.n_layer))
+            else:
+                nn.init.normal_(p, 0.0, std)
+
+    def set_kernels(self, enabled: bool) -> None:
+        self.kernels = enabled
+        for block in self.blocks:
+            block.set_kernels(enabled)
+
+    # ---- RoPE -----------------------------------------------------------------------------------
+    def rope(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) of shape (length, head_size) in float32, cached; rebuilt for a new device or longer length."""
+        cache = self.rope_cache
+        if cache is None or cache[0].device != device or cache[0].shape[0] < length:
+            n = max(length, self.config.block_size)
+            cache = build_rope_cache(n, self.config.head_size, self.config.rope_base, device)
+            self.rope_cache = cache
+        return cache
+
+    # ---- forward --------------------------------------------------------------------------------
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: Optional[torch.Tensor] = None,
+        input_pos: Optional[torch.Tensor] = None,
+        ignore_index: int = -100,
+    ) -> torch.Tensor:
+        """idx: (B, T) token ids. Returns logits (B, T, vocab), or the mean cross-entropy over targets != ignore_index
+        when `targets` is given (then the float32 logits are never held whole with kernels enabled).
+        `input_pos` (T,) selects the KV cache path used for generation (see `set_kv_cache`)."""
+        B, T = idx.shape
+        if input_pos is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+            cos, sin = self.rope(T, idx.device)
+            cos, sin = cos[:T], sin[:T]
+        else:
+            cos, sin = self.rope(int(input_pos.max()) + 1, idx.device)
+            cos, sin = cos[input_pos], sin[input_pos]
+        x = self.embed(idx)
+        for block in self.blocks:
+            x = block(x, cos, sin, input_pos)
+        x = self.norm(x)
+        if targets is None:
+            return self.lm_head(x)
+        return self.loss_from_hidden(x, targets, ignore_index)
+
+    def loss_from_hidden(self, x: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+        if self.kernels and x.is_cuda:
+            from lit_gpt.kernels import linear_cross_entropy
+
+            return linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten(), ignore_index)
+        logits = self.lm_head(x)
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=ignore_index)
+
+    # ---- KV cache -------------------------------------------------------------------------------
+    def set_kv_cache(self, batch_size: int, max_seq_length: Optional[int] = None,
+                     device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
+        max_seq_length = max_seq_length or self.config.block_size
+        p = self.lm_head.weight
+        for block in self.blocks:
+            block.attn.kv_cache = KVCache(batch_size, max_seq_length, self.config.n_query_groups,
+                                          self.config.head_size, device or p.device, dtype or p.dtype)
+
+    def clear_kv_cache(self) -> None:
+        for block in self.blocks:
+            block.attn.kv_cache = None
+
+
+class Block(nn.Module):
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(config.n_embd, config.norm_eps)
+        self.attn = CausalSelfAttention(config)
+        self.mlp_norm = RMSNorm(config.n_embd, config.norm_eps)
+        self.mlp = SwiGLU(config)
+
+    def set_kernels(self, enabled: bool) -> None:
+        for m in (self.attn_norm, self.attn, self.mlp_norm, self.mlp):
+            m.kernels = enabled
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                input_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, input_pos)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.n_head, self.n_kv, self.hs = config.n_head, config.n_query_groups, config.head_size
+        self.qkv = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv) * self.hs, bias=False)
+        self.proj = nn.Linear(self.n_head * self.hs, config.n_embd, bias=False)
+        self.kv_cache: Optional[KVCache] = None
+        self.kernels = False
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                input_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        qkv = self.qkv(x).view(B, T, self.n_head + 2 * self.n_kv, self.hs)
+        q, k, v = qkv.split([self.n_head, self.n_kv, self.n_kv], dim=2)  # (B, T, heads, hs)
+        if self.kernels and x.is_cuda:
+            from lit_gpt.kernels import apply_rope as rope_fn
+        else:
+            rope_fn = apply_rope
+        q, k = rope_fn(q, k, cos, sin)
+
+        if input_pos is not None:
+            if self.kv_cache is None:
+                raise RuntimeError("input_pos given but no KV cache: call model.set_kv_cache() first")
+            k, v, mask = self.kv_cache.update(input_pos, k, v)
+            y = sdpa(q, k, v, mask=mask)
+        elif flash_attn_func is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+            y = flash_attn_func(q, k, v, causal=True)  # (B, T, H, hs); GQA without repeating k/v
+        else:
+            y = sdpa(q, k, v)
+        return self.proj(y.reshape(B, T, self.n_head * self.hs))
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Attention on (B, T, heads, hs) tensors through PyTorch SDPA; GQA via enable_gqa (no k/v repeat)."""
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    gqa = q.shape[1] != k.shape[1]
+    if mask is None:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    else:
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+    return y.transpose(1, 2)
+
+
+class KVCache(nn.Module):
+    """Keys and values for positions already seen, laid out (B, T_max, kv_heads, hs)."""
+
+    def __init__(self, batch_size: int, max_seq_length: int, n_kv: int, hs: int,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
+        shape = (batch_size, max_seq_length, n_kv, hs)
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Writes k, v at `input_pos` and returns the keys/values up to the last position plus the boolean mask
+        (T_q, T_k) letting each query see the cached positions at or before its own."""
+        B = k.shape[0]
+        if int(input_pos.max()) >= self.k.shape[1]:
+            raise ValueError(f"position {int(input_pos.max())} is beyond the KV cache length {self.k.shape[1]}")
+        self.k[:B, input_pos] = k.to(self.k.dtype)
+        self.v[:B, input_pos] = v.to(self.v.dtype)
+        n = int(input_pos.max()) + 1
+        mask = input_pos[:, None] >= torch.arange(n, device=input_pos.device)[None, :]
+        return self.k[:B, :n], self.v[:B, :n], mask
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(config.n_embd, 2 * config.intermediate_size, bias=False)
+        self.down = nn.Linear(config.intermediate_size, config.n_embd, bias=False)
+        self.kernels = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        if self.kernels and x.is_cuda:
+            from lit_gpt.kernels import swiglu
+            return self.down(swiglu(gate, up))
+        return self.down(F.silu(gate) * up)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+        self.kernels = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernels and x.is_cuda:
+            from lit_gpt.kernels import rms_norm
+            return rms_norm(x, self.weight, self.eps)
+        return rms_norm_reference(x, self.weight, self.eps)
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Normalise in float32, cast back, then scale (the order HF Llama uses)."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def build_rope_cache(length: int, head_size: int, base: float, device: Optional[torch.device] = None):
+    """cos/sin tables (length, head_size) for the half-rotation layout: frequencies repeated for both halves."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_size, 2, device=device, dtype=torch.float32) / head_size))
+    t = torch.arange(length, device=device, dtype=torch.float32)
+    freqs = torch.outer(t, inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """RoPE on q and k of shape (B, T, heads, hs) with cos/sin (T, hs): x*cos + rotate_half(x)*sin."""
+    cos, sin = cos[:, None, :], sin[:, None, :]  # broadcast over heads
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.chunk(2, dim=-1)
+        xf = x.float()
+        rotated = torch.cat([-x2, x1], dim=-1).float()
+        return (xf * cos + rotated * sin).to(x.dtype)
+
+    return rotate(q), rotate(k)

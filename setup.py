@@ -1,0 +1,35 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="lit_gpt",
+    version="0.1.0",
+    description="Pretrain small Llama-style language models from scratch under Lightning Fabric",
+    long_description=Path(__file__).with_name("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["lit_gpt", "lit_gpt.*"]),
+    install_requires=[
+        "torch>=2.5",  # CPU: `pip install torch==2.13.0` first; the GPU image ships 2.11
+        "lightning>=2.4",
+        "jsonargparse[signatures]>=4.30",
+        "sentencepiece",
+        "tokenizers>=0.19",
+        "safetensors",
+        "numpy",
+        "zstandard",
+        "huggingface_hub>=0.23",
+        "tensorboard",
+    ],
+    extras_require={
+        "data": ["datasets>=2.18"],
+        "hf": ["transformers>=4.44"],
+        "eval": ["lm-eval>=0.4.2", "transformers>=4.44"],
+        "plot": ["matplotlib"],
+        "kernels": ["triton>=3.0"],
+        "flash": ["flash-attn>=2.5"],
+        "test": ["pytest", "transformers>=4.44", "lm-eval>=0.4.2", "datasets>=2.18", "matplotlib", "triton>=3.0"],
+    },
+)

@@ -1,0 +1,52 @@
+import json
+
+import pytest
+
+from lit_gpt.tokenizer import Tokenizer
+
+TEXT = "The quick brown fox jumps over the lazy dog. " * 50
+
+
+@pytest.fixture(scope="module")
+def spm_dir(tmp_path_factory):
+    import sentencepiece as spm
+
+    d = tmp_path_factory.mktemp("spm")
+    (d / "corpus.txt").write_text("\n".join(TEXT.split(". ")))
+    spm.SentencePieceTrainer.train(input=str(d / "corpus.txt"), model_prefix=str(d / "tokenizer"), vocab_size=30,
+                                   bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2)
+    return d
+
+
+def test_sentencepiece(spm_dir):
+    tok = Tokenizer(spm_dir)
+    assert (tok.bos_id, tok.eos_id, tok.vocab_size, tok.backend) == (1, 2, 30, "sentencepiece")
+    ids = tok.encode("the lazy dog", bos=True, eos=True)
+    assert ids[0] == 1 and ids[-1] == 2
+    assert tok.decode(ids[1:-1]) == "the lazy dog"
+    assert tok.encode_batch(["the lazy dog"]) == [ids[1:-1]]
+
+
+def test_huggingface_json(tmp_path):
+    from tokenizers import Tokenizer as HF, models, pre_tokenizers, trainers, decoders
+
+    hf = HF(models.BPE(unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"]))
+    hf.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": {"content": "</s>"}}))
+    tok = Tokenizer(tmp_path)
+    assert (tok.bos_id, tok.eos_id, tok.backend) == (1, 2, "huggingface")
+    ids = tok.encode("the lazy dog", eos=True)
+    assert ids[-1] == 2 and tok.decode(ids[:-1]) == "the lazy dog"
+
+
+def test_missing_and_unreadable(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer not found"):
+        Tokenizer(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="no tokenizer.model or tokenizer.json"):
+        Tokenizer(tmp_path)
+    (tmp_path / "tokenizer.model").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="unreadable sentencepiece model"):
+        Tokenizer(tmp_path)
