@@ -4,7 +4,7 @@ import pytest
 
 from lit_gpt.tokenizer import Tokenizer
 
-TEXT = "The quick brown fox jumps over the lazy dog. " * 50
+TEXT = " ".join(f"The quick brown fox number {i} jumps over the lazy dog in year {1900 + i}." for i in range(300))
 
 
 @pytest.fixture(scope="module")
@@ -12,15 +12,15 @@ def spm_dir(tmp_path_factory):
     import sentencepiece as spm
 
     d = tmp_path_factory.mktemp("spm")
-    (d / "corpus.txt").write_text("\n".join(TEXT.split(". ")))
-    spm.SentencePieceTrainer.train(input=str(d / "corpus.txt"), model_prefix=str(d / "tokenizer"), vocab_size=30,
+    (d / "corpus.txt").write_text(TEXT.replace(". ", ".\n"))
+    spm.SentencePieceTrainer.train(input=str(d / "corpus.txt"), model_prefix=str(d / "tokenizer"), vocab_size=100,
                                    bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2)
     return d
 
 
 def test_sentencepiece(spm_dir):
     tok = Tokenizer(spm_dir)
-    assert (tok.bos_id, tok.eos_id, tok.vocab_size, tok.backend) == (1, 2, 30, "sentencepiece")
+    assert (tok.bos_id, tok.eos_id, tok.vocab_size, tok.backend) == (1, 2, 100, "sentencepiece")
     ids = tok.encode("the lazy dog", bos=True, eos=True)
     assert ids[0] == 1 and ids[-1] == 2
     assert tok.decode(ids[1:-1]) == "the lazy dog"
