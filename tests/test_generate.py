@@ -1,0 +1,132 @@
+"""Generation: the KV-cache path equals the uncached path and transformers' `generate`; sampling is seeded."""
+
+import pytest
+import torch
+
+from lit_gpt.config import Config
+from lit_gpt.generate import filter_top_k, filter_top_p, apply_repetition_penalty, generate
+from lit_gpt.model import GPT
+
+transformers = pytest.importorskip("transformers")
+
+PROMPT = [1, 17, 300, 42, 9, 250]
+
+
+def make_model(n_query_groups: int, seed: int = 0) -> GPT:
+    # a wide init spreads the logits so greedy choices are not near-ties decided by rounding
+    config = Config.from_name("tiny", n_query_groups=n_query_groups, init_std=0.3)
+    torch.manual_seed(seed)
+    return GPT(config).eval()
+
+
+def to_hf(model: GPT):
+    try:
+        from lit_gpt.convert import lit_to_hf
+    except ImportError:  # TEMP until lit_gpt.convert lands
+        lit_to_hf = _map
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**model.config.to_hf()))
+    hf.load_state_dict(lit_to_hf(model.state_dict(), model.config), strict=True)
+    return hf.eval()
+
+
+def hf_greedy(hf, prompt, max_new_tokens, eos_id=None, repetition_penalty=1.0) -> list[int]:
+    cfg = transformers.GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos_id,
+                                        pad_token_id=0, bos_token_id=1, repetition_penalty=repetition_penalty)
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([prompt]), generation_config=cfg,
+                          attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
+    return out[0].tolist()
+
+
+@pytest.mark.parametrize("n_query_groups", [2, 4], ids=["gqa", "mha"])
+@pytest.mark.parametrize("repetition_penalty", [1.0, 1.5], ids=["plain", "rep_penalty"])
+def test_greedy_equals_uncached_and_hf(n_query_groups, repetition_penalty):
+    model = make_model(n_query_groups)
+    kw = dict(max_new_tokens=24, repetition_penalty=repetition_penalty)
+    cached = generate(model, PROMPT, use_kv_cache=True, **kw).tolist()
+    uncached = generate(model, PROMPT, use_kv_cache=False, **kw).tolist()
+    assert cached[: len(PROMPT)] == PROMPT and len(cached) == len(PROMPT) + 24
+    assert cached == uncached
+    assert cached == hf_greedy(to_hf(model), PROMPT, **kw)
+    assert len(set(cached[len(PROMPT):])) > 3  # a real continuation, not one token repeated
+
+
+def test_stops_at_eos_like_hf():
+    model = make_model(2)
+    free = generate(model, PROMPT, 12).tolist()
+    eos = free[len(PROMPT) + 4]  # the 5th new token, first occurrence
+    first = free.index(eos, len(PROMPT))
+    out = generate(model, PROMPT, 12, eos_id=eos).tolist()
+    assert out == free[: first + 1]
+    assert out == hf_greedy(to_hf(model), PROMPT, 12, eos_id=eos)
+
+
+def test_respects_block_size():
+    model = make_model(2)
+    block = model.config.block_size
+    prompt = list(range(3, block - 2))
+    assert len(generate(model, prompt, 50)) == block
+    assert generate(model, prompt, 50).tolist() == generate(model, prompt, 50, use_kv_cache=False).tolist()
+    with pytest.raises(ValueError, match="more than the model's block_size"):
+        generate(model, list(range(block + 1)), 1)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        generate(model, [], 1)
+
+
+def test_sampling_seeded_and_top_k_one_is_greedy():
+    model = make_model(2)
+
+    def sample(seed, **kw):
+        g = torch.Generator().manual_seed(seed)
+        return generate(model, PROMPT, 20, temperature=1.0, generator=g, **kw).tolist()
+
+    assert sample(7) == sample(7)
+    assert sample(7) != sample(8)
+    assert sample(7, top_p=0.9, top_k=50) == sample(7, top_p=0.9, top_k=50)
+    greedy = generate(model, PROMPT, 20).tolist()
+    assert sample(3, top_k=1) == greedy
+    assert sample(4, top_p=1e-6) == greedy  # the nucleus always keeps the most likely token
+    assert model.blocks[0].attn.kv_cache is None  # the cache is released after generation
+
+
+def test_logits_processors_match_hf():
+    from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor, TopKLogitsWarper,
+                                                        TopPLogitsWarper)
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 200) * 3
+    seen = torch.tensor([[5, 9, 9, 150, 7]])
+    for k in (1, 5, 200):
+        assert torch.equal(filter_top_k(logits[0], k), TopKLogitsWarper(k)(seen, logits.clone())[0])
+    for p in (0.05, 0.5, 0.9):
+        ours = filter_top_p(logits[0], p)
+        assert torch.equal(ours.isinf(), TopPLogitsWarper(p)(seen, logits.clone())[0].isinf())
+        assert ours.isfinite().sum() >= 1
+    for penalty in (0.7, 1.3):
+        ref = RepetitionPenaltyLogitsProcessor(penalty)(seen, logits.clone())[0]
+        torch.testing.assert_close(apply_repetition_penalty(logits[0], seen[0], penalty), ref)
+
+
+def test_bad_sampling_args():
+    model = make_model(2)
+    for kw, msg in [(dict(temperature=-1.0), "temperature"), (dict(top_k=0), "top_k"), (dict(top_p=1.5), "top_p"),
+                    (dict(repetition_penalty=0.0), "repetition_penalty")]:
+        with pytest.raises(ValueError, match=msg):
+            generate(model, PROMPT, 2, **kw)
+
+
+def _map(sd, c):  # TEMP
+    out = {"model.embed_tokens.weight": sd["embed.weight"], "model.norm.weight": sd["norm.weight"],
+           "lm_head.weight": sd["lm_head.weight"]}
+    hs = c.head_size
+    for i in range(c.n_layer):
+        p = f"blocks.{i}."
+        q, k, v = sd[p + "attn.qkv.weight"].split([c.n_head * hs, c.n_query_groups * hs, c.n_query_groups * hs])
+        g, u = sd[p + "mlp.gate_up.weight"].chunk(2)
+        h = f"model.layers.{i}."
+        out.update({h + "self_attn.q_proj.weight": q, h + "self_attn.k_proj.weight": k, h + "self_attn.v_proj.weight": v,
+                    h + "self_attn.o_proj.weight": sd[p + "attn.proj.weight"], h + "mlp.gate_proj.weight": g,
+                    h + "mlp.up_proj.weight": u, h + "mlp.down_proj.weight": sd[p + "mlp.down.weight"],
+                    h + "input_layernorm.weight": sd[p + "attn_norm.weight"],
+                    h + "post_attention_layernorm.weight": sd[p + "mlp_norm.weight"]})
+    return out
