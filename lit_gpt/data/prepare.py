@@ -1,0 +1,356 @@
+"""Tokenize a JSONL(.zst) corpus into packed chunks while it downloads; resumable and deterministic.
+
+Pipeline: fetcher threads download whole files in order (bounded prefetch) and decompress them in memory; the
+lines go in ~1 MB batches to a pool of tokenizer processes; the main thread takes the results back in submission
+order and appends them to one `PackedDatasetWriter`. So the token stream is the same whatever the number of
+workers, and local or streamed input gives identical files.
+
+Resume: after the last batch of each source file the writer commits (the partial chunk is written under its
+counter) and the manifest `{destination}/{prefix}.manifest.json` records the file with the writer's position. A
+rerun skips the recorded files, reloads the partial chunk and deletes chunks written after the commit: every
+document ends up on disk exactly once, however the previous run ended.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from lit_gpt.data.sources import DataError, decompress
+from lit_gpt.packed_dataset import PackedDatasetWriter, chunk_name, dtype_for_vocab, fsync_dir
+
+BATCH_BYTES = 1 << 20
+MAX_EXAMPLES = 5
+
+
+@dataclass
+class Stats:
+    docs: Counter = field(default_factory=Counter)  # per set
+    tokens: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)
+    malformed: Counter = field(default_factory=Counter)  # per reason
+    examples: dict = field(default_factory=dict)  # reason -> a few "file:line" locations
+    truncated_files: list = field(default_factory=list)
+    empty_files: list = field(default_factory=list)
+    files: int = 0
+    bytes_in: int = 0
+
+    def add_bad(self, reason: str, where: str, n: int = 1) -> None:
+        self.malformed[reason] += n
+        where_list = self.examples.setdefault(reason, [])
+        if len(where_list) < MAX_EXAMPLES:
+            where_list.append(where)
+
+    def merge(self, other: "Stats") -> None:
+        self.docs.update(other.docs)
+        self.tokens.update(other.tokens)
+        self.skipped.update(other.skipped)
+        for reason, n in other.malformed.items():
+            self.malformed[reason] += n
+            room = MAX_EXAMPLES - len(self.examples.setdefault(reason, []))
+            self.examples[reason] += other.examples.get(reason, [])[:room]
+
+    def to_json(self) -> dict:
+        return {k: dict(v) if isinstance(v, Counter) else v for k, v in vars(self).items()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Stats":
+        counters = {k: Counter(d.get(k, {})) for k in ("docs", "tokens", "skipped", "malformed")}
+        return cls(**counters, examples=d.get("examples", {}), truncated_files=d.get("truncated_files", []),
+                   empty_files=d.get("empty_files", []), files=d.get("files", 0), bytes_in=d.get("bytes_in", 0))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokenizer processes
+
+_worker: dict = {}
+
+
+def init_worker(tokenizer_dir: str, skip_sets: Sequence[str]) -> None:
+    from lit_gpt.tokenizer import Tokenizer
+
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per process for HF tokenizers too
+    tokenizer = Tokenizer(tokenizer_dir)
+    if tokenizer.eos_id is None:
+        raise DataError(f"{tokenizer.path}: tokenizer has no EOS token")
+    _worker.update(tokenizer=tokenizer, skip=frozenset(skip_sets), dtype=dtype_for_vocab(tokenizer.vocab_size))
+
+
+def encode_with_eos(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, no BOS, EOS appended (as TinyLlama did), on one core."""
+    if tokenizer.backend == "sentencepiece":
+        return tokenizer.processor.encode(texts, add_eos=True, num_threads=1)
+    return [ids + [tokenizer.eos_id] for ids in tokenizer.encode_batch(texts)]
+
+
+def parse_lines(name: str, first_line: int, blob: bytes, skip: frozenset, stats: Stats) -> tuple[list, list]:
+    """Texts and set names of the usable rows; bad rows are counted in `stats` with where they were."""
+    texts, sets = [], []
+    for i, line in enumerate(blob.split(b"\n")):
+        if not line.strip():
+            continue
+        where = f"{name}:{first_line + i}"
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            stats.add_bad("invalid UTF-8", where)
+            continue
+        except ValueError:
+            stats.add_bad("malformed JSON", where)
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            stats.add_bad("no text field", where)
+            continue
+        meta = row.get("meta")
+        set_name = str(meta.get("redpajama_set_name", "unknown")) if isinstance(meta, dict) else "unknown"
+        if set_name in skip:
+            stats.skipped[set_name] += 1
+            continue
+        texts.append(row["text"])
+        sets.append(set_name)
+    return texts, sets
+
+
+def tokenize_batch(name: str, first_line: int, blob: bytes) -> tuple[np.ndarray, np.ndarray, list, Stats]:
+    """(all tokens, tokens per document, set per document, stats of the bad/skipped rows) of one batch of lines."""
+    stats = Stats()
+    texts, sets = parse_lines(name, first_line, blob, _worker["skip"], stats)
+    ids = encode_with_eos(_worker["tokenizer"], texts)
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    tokens = np.fromiter((t for doc in ids for t in doc), dtype=_worker["dtype"], count=int(lengths.sum()))
+    return tokens, lengths, sets, stats
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Main process
+
+
+def split_batches(data: bytes, size: int = BATCH_BYTES) -> list[tuple[int, bytes]]:
+    """(first line number, bytes) pieces of about `size` bytes, cut at line ends."""
+    batches, start, line = [], 0, 1
+    while start < len(data):
+        end = data.find(b"\n", min(start + size, len(data)) - 1)
+        end = len(data) if end < 0 else end + 1
+        batches.append((line, data[start:end]))
+        line += data.count(b"\n", start, end)
+        start = end
+    return batches
+
+
+def file_sha256(path: Union[str, Path]) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class Manifest:
+    """The record of finished source files and the writer position after the last one, replaced atomically."""
+
+    def __init__(self, path: Path, options: dict) -> None:
+        self.path, self.options = path, options
+        self.files: list[str] = []
+        self.position = (0, 0)
+        self.stats = Stats()
+        self.complete = False
+
+    def load(self) -> bool:
+        if not self.path.exists():
+            return False
+        try:
+            d = json.loads(self.path.read_text())
+        except ValueError:
+            raise DataError(f"{self.path}: unreadable manifest; delete the destination's {self.path.stem}* files to start over") from None
+        for key, value in self.options.items():
+            if d["options"].get(key) != value:
+                raise DataError(f"{self.path}: previous run used {key}={d['options'].get(key)!r}, this one "
+                                f"{value!r}; use the same options or a fresh --destination")
+        self.files, self.position = d["files"], tuple(d["position"])
+        self.stats, self.complete = Stats.from_json(d["stats"]), d["complete"]
+        return True
+
+    def save(self) -> None:
+        d = {"options": self.options, "files": self.files, "position": list(self.position),
+             "stats": self.stats.to_json(), "complete": self.complete}
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        with open(tmp, "w") as f:
+            json.dump(d, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)
+
+
+class Progress:
+    """One self-updating line on a terminal, a plain line every `every` seconds otherwise."""
+
+    def __init__(self, total_files: int, every: float = 10.0, stream=sys.stderr) -> None:
+        self.total, self.every, self.stream = total_files, every, stream
+        self.tty = stream.isatty()
+        self.start = self.last = time.perf_counter()
+        self.files = self.docs = self.tokens = self.bytes = 0
+
+    def update(self, force: bool = False, **increments) -> None:
+        for key, value in increments.items():
+            setattr(self, key, getattr(self, key) + value)
+        now = time.perf_counter()
+        if not force and now - self.last < (0.5 if self.tty else self.every):
+            return
+        self.last = now
+        elapsed = max(now - self.start, 1e-9)
+        line = (f"files {self.files}/{self.total} | docs {self.docs:,} | tokens {self.tokens:,} | "
+                f"{self.tokens / elapsed:,.0f} tok/s | {self.bytes / elapsed / 1e6:.1f} MB/s | {elapsed:.0f}s")
+        print(f"\r{line}\x1b[K" if self.tty else line, end="" if self.tty else "\n", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        self.update(force=True)
+        if self.tty:
+            print(file=self.stream)
+
+
+def prepare(source, split: str, tokenizer_dir: Union[str, Path], destination: Union[str, Path],
+            chunk_size: int = 2049 * 1024, skip_sets: Sequence[str] = ("RedPajamaGithub",),
+            max_files: Optional[int] = None, max_tokens: Optional[int] = None, num_workers: Optional[int] = None,
+            download_workers: int = 4, prefix: Optional[str] = None, progress_every: float = 10.0,
+            log=functools.partial(print, flush=True)) -> Stats:
+    """Tokenizes `split` of `source` (a LocalSource/HttpSource/HuggingFaceSource) into `{prefix}_*.bin` chunks."""
+    from lit_gpt.tokenizer import Tokenizer
+
+    num_workers = num_workers or os.cpu_count() or 1
+    prefix = prefix or f"{split}_slimpajama"
+    try:
+        tokenizer = Tokenizer(tokenizer_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise DataError(str(e)) from None
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    options = {"split": split, "prefix": prefix, "chunk_size": chunk_size, "skip_sets": sorted(skip_sets),
+               "max_tokens": max_tokens, "tokenizer_sha256": file_sha256(tokenizer.path)}
+    manifest = Manifest(destination / f"{prefix}.manifest.json", options)
+    writer = PackedDatasetWriter(destination, prefix, chunk_size, tokenizer.vocab_size)
+    if manifest.load():
+        if manifest.complete:
+            log(f"{destination}: {prefix} already complete ({len(manifest.files)} files); nothing to do")
+            return manifest.stats
+        writer.resume_from(manifest.position)
+    elif any(destination.glob(f"{prefix}_*.bin")):
+        raise DataError(f"{destination}: holds {prefix}_*.bin files but no {manifest.path.name}; use an empty --destination")
+
+    names = source.list_split(split)[:max_files]
+    done = manifest.files
+    if names[: len(done)] != done:
+        raise DataError(f"{manifest.path}: the files done so far are not the first files of {source.describe()}")
+    todo = names[len(done):]
+    log(f"{source.describe()} {split}: {len(names)} files, {len(done)} done before, {len(todo)} to go, "
+        f"{num_workers} tokenizer processes -> {destination}/{prefix}_*.bin")
+
+    stats, progress = manifest.stats, Progress(len(names), progress_every)
+    progress.files, start = len(done), time.perf_counter()
+    total_tokens = writer.counter * chunk_size + writer.n_buffered
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    tokenizers = ProcessPoolExecutor(num_workers, mp_context=context, initializer=init_worker,
+                                     initargs=(str(tokenizer_dir), tuple(skip_sets)))
+    # start the processes before any thread exists (fork after threads is unsafe), and surface init errors
+    for f in [tokenizers.submit(os.getpid) for _ in range(num_workers)]:
+        f.result()
+    fetchers = ThreadPoolExecutor(download_workers)
+    fetched: deque[Future] = deque(fetchers.submit(fetch_file, source, n) for n in todo[: download_workers + 1])
+    pending: deque = deque()  # (future or None, file name, None or the file's facts when it is its last batch)
+    max_pending = 2 * num_workers + 2
+
+    def finish_one() -> bool:
+        """Writes the oldest pending result (and commits if it ends a file); True once max_tokens is reached."""
+        nonlocal total_tokens
+        future, name, file_facts = pending.popleft()
+        if future is not None:
+            tokens, lengths, sets, bad = future.result()
+            if max_tokens is not None and total_tokens + len(tokens) >= max_tokens:
+                keep = int(np.searchsorted(np.cumsum(lengths), max_tokens - total_tokens)) + 1
+                tokens, lengths, sets = tokens[: int(lengths[:keep].sum())], lengths[:keep], sets[:keep]
+            writer.add_array(tokens)
+            stats.merge(bad)
+            for set_name, n in zip(sets, lengths):
+                stats.docs[set_name] += 1
+                stats.tokens[set_name] += int(n)
+            total_tokens += len(tokens)
+            progress.update(docs=len(lengths), tokens=len(tokens))
+        reached = max_tokens is not None and total_tokens >= max_tokens
+        if file_facts is not None or reached:
+            raw_size, truncated = file_facts or (0, False)
+            stats.files += 1
+            stats.bytes_in += raw_size
+            stats.truncated_files += [name] if truncated else []
+            stats.empty_files += [name] if raw_size == 0 and file_facts else []
+            manifest.files.append(name)
+            manifest.position = writer.commit()
+            manifest.complete = reached or len(manifest.files) == len(names)
+            manifest.save()
+            progress.update(files=1)
+        return reached
+
+    def run() -> None:
+        for i, name in enumerate(todo):
+            raw_size, data, truncated = fetched.popleft().result()
+            if i + download_workers + 1 < len(todo):
+                fetched.append(fetchers.submit(fetch_file, source, todo[i + download_workers + 1]))
+            progress.update(bytes=raw_size)
+            if raw_size == 0:
+                log(f"warning: {name}: empty file")
+            if truncated:
+                log(f"warning: {name}: truncated compressed file; keeping the complete lines before the cut")
+                data = data[: data.rfind(b"\n") + 1]
+            batches = split_batches(data) or [(1, b"")]
+            for j, (line, blob) in enumerate(batches):
+                facts = (raw_size, truncated) if j == len(batches) - 1 else None
+                pending.append((tokenizers.submit(tokenize_batch, name, line, blob), name, facts))
+                while len(pending) > max_pending:
+                    if finish_one():
+                        return
+        while pending:
+            if finish_one():
+                return
+
+    try:
+        run()
+    finally:
+        fetchers.shutdown(wait=False, cancel_futures=True)
+        tokenizers.shutdown(wait=True, cancel_futures=True)
+    progress.close()
+    log(summary(stats, time.perf_counter() - start, destination, prefix, writer))
+    return stats
+
+
+def fetch_file(source, name: str) -> tuple[int, bytes, bool]:
+    raw = source.fetch(name)
+    data, truncated = decompress(name, raw)
+    return len(raw), data, truncated
+
+
+def summary(stats: Stats, elapsed: float, destination: Path, prefix: str, writer: PackedDatasetWriter) -> str:
+    n_chunks = writer.counter + (1 if writer.n_buffered else 0)
+    lines = [f"done in {elapsed:.1f}s: {stats.files} files, {sum(stats.docs.values()):,} documents, "
+             f"{sum(stats.tokens.values()):,} tokens -> {n_chunks} chunks {destination}/{chunk_name(prefix, 0)}.."]
+    width = max([len(s) for s in stats.docs] + [len(s) for s in stats.skipped] + [10])
+    lines.append(f"  {'set':<{width}} {'documents':>12} {'tokens':>15}")
+    for set_name in sorted(stats.docs):
+        lines.append(f"  {set_name:<{width}} {stats.docs[set_name]:>12,} {stats.tokens[set_name]:>15,}")
+    for set_name in sorted(stats.skipped):
+        lines.append(f"  {set_name:<{width}} {stats.skipped[set_name]:>12,} {'skipped':>15}")
+    for reason, n in sorted(stats.malformed.items()):
+        lines.append(f"  malformed rows ({reason}): {n:,}, e.g. {', '.join(stats.examples.get(reason, []))}")
+    if stats.truncated_files:
+        lines.append(f"  truncated files (complete lines kept): {', '.join(stats.truncated_files)}")
+    if stats.empty_files:
+        lines.append(f"  empty files: {', '.join(stats.empty_files)}")
+    if not (stats.malformed or stats.truncated_files or stats.empty_files):
+        lines.append("  no malformed rows, truncated or empty files")
+    return "\n".join(lines)
