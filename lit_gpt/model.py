@@ -12,6 +12,7 @@ variance stays O(1) with depth (GPT-2); norm weights are 1.
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import torch
@@ -29,7 +30,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 class GPT(nn.Module):
     def __init__(self, config: Config, kernels: bool = False) -> None:
         """`kernels=True` routes RMSNorm, RoPE, SwiGLU and the loss through the fused Triton kernels in
-        `lit_gpt.kernels` (on CUDA tensors; CPU tensors always take the PyTorch reference path)."""
+        `lit_gpt.kernels` (on CUDA tensors; CPU tensors take the PyTorch reference path unless TRITON_INTERPRET=1)."""
         super().__init__()
         self.config = config
         self.kernels = kernels
@@ -41,6 +42,7 @@ class GPT(nn.Module):
             self.lm_head.weight = self.embed.weight
         self.rope_cache: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self.reset_parameters()
+        self.set_kernels(kernels)
 
     def reset_parameters(self) -> None:
         std = self.config.init_std
@@ -54,6 +56,7 @@ class GPT(nn.Module):
 
     def set_kernels(self, enabled: bool) -> None:
         self.kernels = enabled
+        self.norm.kernels = enabled
         for block in self.blocks:
             block.set_kernels(enabled)
 
@@ -96,7 +99,7 @@ class GPT(nn.Module):
         return self.loss_from_hidden(x, targets, ignore_index)
 
     def loss_from_hidden(self, x: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-        if self.kernels and x.is_cuda:
+        if _use_kernels(self, x):
             from lit_gpt.kernels import linear_cross_entropy
 
             return linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten(), ignore_index)
@@ -131,6 +134,12 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 input_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if _use_kernels(self.mlp_norm, x):  # the residual add fused into the second norm
+            from lit_gpt.kernels import add_rms_norm
+
+            h, x = add_rms_norm(self.attn(self.attn_norm(x), cos, sin, input_pos), x, self.mlp_norm.weight,
+                                self.mlp_norm.eps)
+            return x + self.mlp(h)
         x = x + self.attn(self.attn_norm(x), cos, sin, input_pos)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -149,19 +158,22 @@ class CausalSelfAttention(nn.Module):
         B, T, _ = x.shape
         qkv = self.qkv(x).view(B, T, self.n_head + 2 * self.n_kv, self.hs)
         q, k, v = qkv.split([self.n_head, self.n_kv, self.n_kv], dim=2)  # (B, T, heads, hs)
-        if self.kernels and x.is_cuda:
-            from lit_gpt.kernels import apply_rope as rope_fn
+        if _use_kernels(self, x):
+            from lit_gpt.kernels import apply_rope as rope_kernel
+
+            q, k = rope_kernel(q, k, cos, sin, inplace=not torch.is_grad_enabled())
         else:
-            rope_fn = apply_rope
-        q, k = rope_fn(q, k, cos, sin)
+            q, k = apply_rope(q, k, cos, sin)
 
         if input_pos is not None:
             if self.kv_cache is None:
                 raise RuntimeError("input_pos given but no KV cache: call model.set_kv_cache() first")
             k, v, mask = self.kv_cache.update(input_pos, k, v)
             y = sdpa(q, k, v, mask=mask)
-        elif flash_attn_func is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
-            y = flash_attn_func(q, k, v, causal=True)  # (B, T, H, hs); GQA without repeating k/v
+        elif x.is_cuda:  # cuDNN attention on Hopper, flash-attn 2 when installed, else SDPA; GQA without repeats
+            from lit_gpt.kernels.attention import causal_attention
+
+            y = causal_attention(q, k, v)
         else:
             y = sdpa(q, k, v)
         return self.proj(y.reshape(B, T, self.n_head * self.hs))
@@ -209,10 +221,11 @@ class SwiGLU(nn.Module):
         self.kernels = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _use_kernels(self, x):  # one gradient tensor for [gate | up], no concatenation in backward
+            from lit_gpt.kernels import swiglu_packed
+
+            return self.down(swiglu_packed(self.gate_up(x)))
         gate, up = self.gate_up(x).chunk(2, dim=-1)
-        if self.kernels and x.is_cuda:
-            from lit_gpt.kernels import swiglu
-            return self.down(swiglu(gate, up))
         return self.down(F.silu(gate) * up)
 
 
@@ -224,10 +237,15 @@ class RMSNorm(nn.Module):
         self.kernels = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernels and x.is_cuda:
+        if _use_kernels(self, x):
             from lit_gpt.kernels import rms_norm
             return rms_norm(x, self.weight, self.eps)
         return rms_norm_reference(x, self.weight, self.eps)
+
+
+def _use_kernels(module: nn.Module, x: torch.Tensor) -> bool:
+    """Kernels run on CUDA tensors, and on CPU ones under TRITON_INTERPRET=1 (how the tests exercise them)."""
+    return module.kernels and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -1,0 +1,19 @@
+"""Fused Triton kernels for training, each beside its plain PyTorch reference.
+
+`GPT(config, kernels=True)` routes through them on CUDA (and on CPU under TRITON_INTERPRET=1, for tests):
+RMSNorm (+ residual add), RoPE on q and k, SwiGLU, and the chunked lm_head + cross-entropy whose full float32
+logits never exist. Each is a `torch.library.custom_op` with a registered autograd formula, so
+`torch.compile` treats it as one opaque op (no graph break) and FSDP2 sees plain local tensors.
+"""
+
+from lit_gpt.kernels.cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
+from lit_gpt.kernels.rmsnorm import add_rms_norm, add_rms_norm_reference, rms_norm, rms_norm_reference
+from lit_gpt.kernels.rope import apply_rope, apply_rope_reference
+from lit_gpt.kernels.swiglu import swiglu, swiglu_packed, swiglu_reference
+from lit_gpt.kernels.utils import kernels_supported
+
+__all__ = [
+    "add_rms_norm", "add_rms_norm_reference", "apply_rope", "apply_rope_reference", "kernels_supported",
+    "linear_cross_entropy", "linear_cross_entropy_reference", "rms_norm", "rms_norm_reference", "swiglu",
+    "swiglu_packed", "swiglu_reference",
+]

@@ -1,0 +1,44 @@
+"""Small launch helpers shared by the Triton kernels."""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional
+
+import torch
+
+
+def interpreting() -> bool:
+    """True under TRITON_INTERPRET=1, where the kernels run (slowly) on CPU tensors: how the tests check them."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def kernels_supported(t: torch.Tensor) -> bool:
+    """Whether the Triton kernels can take this tensor: CUDA, or any device under the interpreter."""
+    return t.is_cuda or interpreting()
+
+
+def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The autocast dtype when autocast is enabled for this device type, else None."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_programs(n_rows: int, device: torch.device) -> int:
+    """Programs for kernels that loop over rows and write one partial per program (a few waves of the SMs)."""
+    if device.type != "cuda":
+        return max(1, min(n_rows, 8))
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return max(1, min(n_rows, 4 * _sm_count(index)))
+
+
+def row_warps(block: int) -> int:
+    """Warps for a program that holds `block` elements of one row: ~8 elements per thread, 4..16 warps."""
+    return min(16, max(4, block // 256))
