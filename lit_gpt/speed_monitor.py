@@ -5,6 +5,7 @@ MFU = tokens/s x FLOPs per token / peak, FLOPs per token from `Config.flops_per_
 
 from __future__ import annotations
 
+import time
 from typing import Optional, Union
 
 import torch
@@ -53,3 +54,44 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak: Optional[float]) -> O
     if not peak:
         return None
     return tokens_per_s * flops_per_token / peak
+
+
+class ThroughputMonitor:
+    """Tokens/s (global and per device), MFU and ETA over a sliding window of recent optimizer steps.
+
+    Call `update(step, tokens_seen)` after each optimizer step with the global token count; the window skips the
+    first steps' warm-up noise naturally as it fills. `peak` is the per-device peak FLOP/s (None: MFU unknown).
+    """
+
+    def __init__(self, flops_per_token: float, world_size: int, peak: Optional[float] = None, window: int = 20) -> None:
+        self.flops_per_token = flops_per_token
+        self.world_size = world_size
+        self.peak = peak
+        self.window = window
+        self.history: list[tuple[float, int, int]] = []  # (time, step, tokens_seen)
+
+    def start(self, step: int, tokens_seen: int, now: Optional[float] = None) -> None:
+        """Marks the starting point (after setup or a resume) so the first window measures real work only."""
+        self.history = [(time.perf_counter() if now is None else now, step, tokens_seen)]
+
+    def update(self, step: int, tokens_seen: int, now: Optional[float] = None) -> None:
+        self.history.append((time.perf_counter() if now is None else now, step, tokens_seen))
+        del self.history[: max(0, len(self.history) - self.window - 1)]
+
+    def compute(self, max_steps: Optional[int] = None) -> dict[str, Optional[float]]:
+        """Returns tokens_per_s, tokens_per_s_per_device, mfu and eta_s (None where not yet measurable)."""
+        out: dict[str, Optional[float]] = {"tokens_per_s": None, "tokens_per_s_per_device": None, "mfu": None,
+                                           "eta_s": None}
+        if len(self.history) < 2:
+            return out
+        (t0, s0, n0), (t1, s1, n1) = self.history[0], self.history[-1]
+        dt = t1 - t0
+        if dt <= 0 or s1 == s0:
+            return out
+        tps = (n1 - n0) / dt
+        out["tokens_per_s"] = tps
+        out["tokens_per_s_per_device"] = tps / self.world_size
+        out["mfu"] = mfu(tps / self.world_size, self.flops_per_token, self.peak)
+        if max_steps is not None:
+            out["eta_s"] = max(0, max_steps - s1) * dt / (s1 - s0)
+        return out

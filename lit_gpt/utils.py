@@ -1,0 +1,125 @@
+"""Small helpers for the training loop: the expected-error type, metric logging (CSV, TensorBoard, W&B), fsync."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from lit_gpt.checkpoint import _fsync
+
+METRICS_CSV = "metrics.csv"
+CSV_COLUMNS = ["step", "tokens", "loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s",
+               "tokens_per_s_per_device", "mfu", "peak_mem_gib", "eta_s"]
+
+
+class TrainError(Exception):
+    """An expected problem with the user's input or environment, reported as one line without a traceback."""
+
+
+class MetricsLogger:
+    """Rank-0 metrics sink: `out_dir/metrics.csv` always, TensorBoard (`out_dir/tensorboard/`) and W&B when asked.
+
+    On a resume the CSV keeps only the rows up to the resumed step (steps after the last checkpoint were lost with
+    the crash and get logged again), so the file reads as one uninterrupted run. Floats are written with repr, exact.
+    """
+
+    def __init__(self, out_dir: Path, loggers: list[str], hparams: dict[str, Any], resume_step: int = 0,
+                 wandb_project: str = "lit_gpt") -> None:
+        unknown = set(loggers) - {"tensorboard", "wandb", "csv"}
+        if unknown:
+            raise TrainError(f"unknown logger(s) {sorted(unknown)}: choose from tensorboard, wandb (csv is always on)")
+        self.path = Path(out_dir) / METRICS_CSV
+        self._truncate(resume_step)
+        new = not self.path.exists()
+        self.file = open(self.path, "a", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=CSV_COLUMNS)
+        if new:
+            self.writer.writeheader()
+        self.tb = None
+        if "tensorboard" in loggers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=resume_step + 1 if resume_step
+                                    else None)
+        self.wandb = None
+        if "wandb" in loggers:
+            try:
+                import wandb
+            except ImportError:
+                raise TrainError("the wandb logger needs `pip install wandb`") from None
+            self.wandb = wandb.init(project=wandb_project, dir=str(out_dir), config=hparams, resume="allow",
+                                    id=_wandb_id(out_dir))
+
+    def _truncate(self, resume_step: int) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        self.writer.writerow({k: ("" if metrics.get(k) is None else repr(metrics[k])) for k in CSV_COLUMNS})
+        self.file.flush()
+        step = metrics["step"]
+        values = {k: v for k, v in metrics.items() if k != "step" and isinstance(v, (int, float))
+                  and not (isinstance(v, float) and math.isnan(v))}
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _wandb_id(out_dir: Path) -> str:
+    """A run id stored in out_dir so a resumed run continues the same W&B run."""
+    path = Path(out_dir) / "wandb_run_id.txt"
+    if not path.exists():
+        import uuid
+
+        path.write_text(uuid.uuid4().hex[:12])
+    return path.read_text().strip()
+
+
+def read_metrics(path: Path) -> list[dict[str, Optional[float]]]:
+    """Rows of a metrics.csv as floats (None for empty cells)."""
+    with open(path, newline="") as f:
+        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    if h >= 24:
+        return f"{h // 24}d{h % 24:02d}h"
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def fsync_tree(path: Path, recursive: bool = True) -> None:
+    """fsync the files under `path` (when recursive) and the folder itself, so a rename after it is durable."""
+    path = Path(path)
+    if recursive:
+        for root, _, files in os.walk(path):
+            for name in files:
+                _fsync(Path(root) / name)
+            _fsync(Path(root))
+    else:
+        _fsync(path)
+
