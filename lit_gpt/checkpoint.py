@@ -220,10 +220,7 @@ def atomic_folder(out_dir: PathLike, overwrite: bool = False) -> Iterator[Path]:
     rename, on any error it is deleted, so `out_dir` is never left half-written. An existing non-empty `out_dir`
     is refused (FileExistsError) unless `overwrite`."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir}: exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir}: output folder exists and is not empty (pass --overwrite to replace it)")
+    check_output_folder(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -242,6 +239,16 @@ def atomic_folder(out_dir: PathLike, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_output_folder(out_dir: PathLike, overwrite: bool = False) -> None:
+    """Raises FileExistsError if `out_dir` is a file, or a non-empty folder and not `overwrite` (scripts call this
+    before reading a large checkpoint, so the refusal comes first)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir}: exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir}: output folder exists and is not empty (pass --overwrite to replace it)")
 
 
 def _fsync(path: Path) -> None:

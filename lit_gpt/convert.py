@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -21,6 +20,7 @@ from lit_gpt.checkpoint import (
 from lit_gpt.config import Config
 
 Log = Optional[Callable[[str], None]]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # ---- name mapping ------------------------------------------------------------------------------
@@ -225,16 +225,26 @@ def write_hf_tokenizer(tokenizer_dir: Optional[PathLike], out_dir: PathLike, con
     if "tokenizer.json" not in written and spm_file.is_file():
         sentencepiece_to_tokenizers(spm_file).save(str(out_dir / "tokenizer.json"))
         written.append("tokenizer.json")
-    if "tokenizer_config.json" not in written and (out_dir / "tokenizer.json").is_file():
-        _write_json(out_dir / "tokenizer_config.json", _tokenizer_config(out_dir / "tokenizer.json", config))
+        # transformers' LlamaTokenizer class rebuilds its own pipeline (Llama's normalisation) on top of
+        # tokenizer.json: the generic fast class uses the file as written, which encodes like sentencepiece
+        tokenizer_config = _tokenizer_config(out_dir, config)
+        tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        _write_json(out_dir / "tokenizer_config.json", tokenizer_config)
+        if "tokenizer_config.json" not in written:
+            written.append("tokenizer_config.json")
+    elif "tokenizer_config.json" not in written and (out_dir / "tokenizer.json").is_file():
+        _write_json(out_dir / "tokenizer_config.json", _tokenizer_config(out_dir, config))
         written.append("tokenizer_config.json")
     return written
 
 
-def _tokenizer_config(tokenizer_json: Path, config: Config) -> dict:
+def _tokenizer_config(folder: Path, config: Config) -> dict:
+    """The copied tokenizer_config.json, or one naming the BOS/EOS/UNK pieces of `config`'s ids in tokenizer.json."""
     from tokenizers import Tokenizer as HFTokenizer
 
-    tok = HFTokenizer.from_file(str(tokenizer_json))
+    if (folder / "tokenizer_config.json").is_file():
+        return json.loads((folder / "tokenizer_config.json").read_text())
+    tok = HFTokenizer.from_file(str(folder / "tokenizer.json"))
     out = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": config.block_size,
            "clean_up_tokenization_spaces": False, "add_bos_token": config.bos_id is not None, "add_eos_token": False}
     for key, token_id in (("bos_token", config.bos_id), ("eos_token", config.eos_id)):
@@ -279,8 +289,15 @@ def sentencepiece_to_tokenizers(model_file: PathLike):
         steps.append(normalizers.Prepend(" "))
     steps.append(normalizers.Replace(" ", "▁"))
     tok.normalizer = normalizers.Sequence(steps)
-    if trainer.split_by_whitespace:
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
+    splits = []
+    if trainer.split_by_whitespace and trainer.allow_whitespace_only_pieces:  # a whitespace run starts one word
+        splits.append(pre_tokenizers.Split(Regex("▁+"), behavior="merged_with_next"))
+    elif trainer.split_by_whitespace:  # every "▁" starts a word
+        splits.append(pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True))
+    if trainer.split_digits:
+        splits.append(pre_tokenizers.Digits(individual_digits=True))
+    if splits:
+        tok.pre_tokenizer = pre_tokenizers.Sequence(splits)
     decode = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
     if norm.add_dummy_prefix:
         decode.append(decoders.Strip(" ", 1, 0))
@@ -293,7 +310,3 @@ def sentencepiece_to_tokenizers(model_file: PathLike):
         tok.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, trainer.bos_id)])
     return tok
-
-
-def elapsed(t0: float) -> str:
-    return f"{time.perf_counter() - t0:.1f}s"
