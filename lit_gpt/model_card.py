@@ -1,0 +1,146 @@
+"""README.md model card for an exported model: the shape, parameter count, training tokens and the eval table.
+
+What it can find it reports, what it cannot it leaves out (never a placeholder number):
+- training step and tokens: from the training checkpoint the export came from (`state.pth`, or `state/meta.pt`
+  of a sharded one), or from a `train_metadata.json` ({"step": ..., "tokens_seen": ...}) in a lit folder;
+- evaluation: `eval_results.json` as scripts/eval.py writes it next to the checkpoint, or a path given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from lit_gpt.config import Config
+
+PathLike = Union[str, Path]
+TRAIN_METADATA = "train_metadata.json"
+
+
+def write_model_card(out_dir: PathLike, config: Config, source_path: Optional[PathLike] = None,
+                     eval_results: Optional[PathLike] = None) -> Path:
+    """Writes `out_dir/README.md` (atomically) and returns its path. `source_path` is the checkpoint the export
+    came from (lit folder, step folder, or a weights file); `eval_results` overrides the eval_results.json found
+    next to it."""
+    from lit_gpt.evaluate import RESULTS_FILE, load_results
+
+    out_dir = Path(out_dir)
+    source_dir = None
+    if source_path is not None:
+        source_path = Path(source_path)
+        source_dir = source_path if source_path.is_dir() else source_path.parent
+    if eval_results is None and source_dir is not None and (source_dir / RESULTS_FILE).is_file():
+        eval_results = source_dir / RESULTS_FILE
+    report = load_results(eval_results) if eval_results is not None else None
+    training = read_training_metadata(source_dir) if source_dir is not None else {}
+    text = render_model_card(config, training, report)
+
+    path = out_dir / "README.md"
+    tmp = path.with_name(f"README.md.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_training_metadata(folder: Path) -> dict[str, Any]:
+    """{"step", "tokens_seen"} (whichever are known) of the checkpoint in `folder`; {} when nothing says."""
+    import torch
+
+    candidates = [folder / TRAIN_METADATA, folder / "state.pth", folder / "state" / "meta.pt"]
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            if path.suffix == ".json":
+                obj = json.loads(path.read_text())
+            else:  # weights_only: reading two integers must not unpickle arbitrary objects
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=path.name == "state.pth")
+        except Exception:
+            continue  # an unreadable side file only costs the card its training line
+        if isinstance(obj, dict):
+            meta = {k: int(obj[k]) for k in ("step", "tokens_seen") if isinstance(obj.get(k), int)}
+            if meta:
+                return meta
+    return {}
+
+
+def human(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+def render_model_card(config: Config, training: dict[str, Any], report: Optional[dict[str, Any]]) -> str:
+    c = config
+    n_params = c.num_params()
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-generation",
+        "tags: [llama, lit_gpt, pretraining]",
+        "---",
+        "",
+        f"# {c.name}",
+        "",
+        f"A Llama-architecture decoder ({human(n_params)} parameters) pretrained from scratch with lit_gpt and "
+        "exported to the Hugging Face `LlamaForCausalLM` format.",
+        "",
+        "## Model",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| parameters | {n_params:,} ({human(n_params)}; {c.num_params(include_embedding=False):,} without the "
+        "input embedding) |",
+        f"| layers | {c.n_layer} |",
+        f"| hidden size | {c.n_embd} |",
+        f"| attention heads (query / key-value) | {c.n_head} / {c.n_query_groups} "
+        f"({'MHA' if c.n_head == c.n_query_groups else 'GQA'}, head size {c.head_size}) |",
+        f"| MLP | SwiGLU, intermediate size {c.intermediate_size} |",
+        f"| vocabulary | {c.vocab_size} |",
+        f"| context length | {c.block_size} |",
+        f"| normalisation | RMSNorm, eps {c.norm_eps:g} |",
+        f"| position encoding | RoPE, base {c.rope_base:g} |",
+        f"| tied input/output embeddings | {'yes' if c.tie_embeddings else 'no'} |",
+        f"| BOS / EOS ids | {c.bos_id} / {c.eos_id} |",
+        "",
+    ]
+    if training:
+        lines += ["## Training", ""]
+        if "tokens_seen" in training:
+            lines.append(f"- tokens seen: {training['tokens_seen']:,} ({human(training['tokens_seen'])})")
+        if "step" in training:
+            lines.append(f"- optimizer steps: {training['step']:,}")
+        lines.append("")
+    if report is not None:
+        lines += ["## Evaluation", "",
+                  "lm-eval (`hf` model) on the converted weights; acc_norm where the task has it, acc for WinoGrande "
+                  "and BoolQ, in percent.", "", report["markdown"], ""]
+        cfg = (report.get("lm_eval") or {}).get("config") or {}
+        shots = (report.get("lm_eval") or {}).get("n-shot") or {}
+        notes = []
+        if shots:
+            notes.append("shots: " + ", ".join(f"{t} {n}" for t, n in shots.items() if t in report["summary"]))
+        if cfg.get("limit") is not None:
+            notes.append(f"limited to {cfg['limit']} examples per task")
+        if notes:
+            lines += ["(" + "; ".join(notes) + ")", ""]
+    lines += [
+        "## Usage",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
+        'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")',
+        'ids = tokenizer("Once upon a time", return_tensors="pt").input_ids',
+        "print(tokenizer.decode(model.generate(ids, max_new_tokens=50)[0]))",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
