@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -129,7 +130,7 @@ def tokenize_batch(name: str, first_line: int, blob: bytes) -> tuple[np.ndarray,
     texts, sets = parse_lines(name, first_line, blob, _worker["skip"], stats)
     ids = encode_with_eos(_worker["tokenizer"], texts)
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    tokens = np.fromiter((t for doc in ids for t in doc), dtype=_worker["dtype"], count=int(lengths.sum()))
+    tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=_worker["dtype"], count=int(lengths.sum()))
     return tokens, lengths, sets, stats
 
 
@@ -231,6 +232,7 @@ def prepare(source, split: str, tokenizer_dir: Union[str, Path], destination: Un
         tokenizer = Tokenizer(tokenizer_dir)
     except (FileNotFoundError, ValueError) as e:
         raise DataError(str(e)) from None
+    names = source.list_split(split)[:max_files]
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     options = {"split": split, "prefix": prefix, "chunk_size": chunk_size, "skip_sets": sorted(skip_sets),
@@ -245,7 +247,6 @@ def prepare(source, split: str, tokenizer_dir: Union[str, Path], destination: Un
     elif any(destination.glob(f"{prefix}_*.bin")):
         raise DataError(f"{destination}: holds {prefix}_*.bin files but no {manifest.path.name}; use an empty --destination")
 
-    names = source.list_split(split)[:max_files]
     done = manifest.files
     if names[: len(done)] != done:
         raise DataError(f"{manifest.path}: the files done so far are not the first files of {source.describe()}")
@@ -299,7 +300,13 @@ def prepare(source, split: str, tokenizer_dir: Union[str, Path], destination: Un
 
     def run() -> None:
         for i, name in enumerate(todo):
-            raw_size, data, truncated = fetched.popleft().result()
+            try:
+                raw_size, data, truncated = fetched.popleft().result()
+            except DataError:
+                while pending:  # keep (and record) the work done before the failure, then report it
+                    if finish_one():
+                        break
+                raise
             if i + download_workers + 1 < len(todo):
                 fetched.append(fetchers.submit(fetch_file, source, todo[i + download_workers + 1]))
             progress.update(bytes=raw_size)

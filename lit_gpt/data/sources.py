@@ -123,12 +123,13 @@ class HttpSource:
 class HuggingFaceSource(HttpSource):
     """A dataset repo on the Hugging Face Hub (or the mirror in HF_ENDPOINT), token from HF_TOKEN or the login."""
 
-    def __init__(self, repo_id: str, revision: str = "main", **kwargs) -> None:
-        from huggingface_hub import hf_hub_url
+    def __init__(self, repo_id: str, revision: str = "main", endpoint: Optional[str] = None, **kwargs) -> None:
+        from huggingface_hub import constants, hf_hub_url
         from huggingface_hub.utils import build_hf_headers
 
         self.repo_id, self.revision = repo_id, revision
-        base = hf_hub_url(repo_id, "x", repo_type="dataset", revision=revision)[: -len("x")]
+        self.endpoint = endpoint or constants.ENDPOINT  # HF_ENDPOINT when set
+        base = hf_hub_url(repo_id, "x", repo_type="dataset", revision=revision, endpoint=self.endpoint)[:-1]
         super().__init__(base, headers=build_hf_headers(), **kwargs)
 
     def describe(self) -> str:
@@ -138,7 +139,8 @@ class HuggingFaceSource(HttpSource):
         from huggingface_hub import HfApi
 
         try:
-            files = HfApi().list_repo_files(self.repo_id, repo_type="dataset", revision=self.revision)
+            api = HfApi(endpoint=self.endpoint)
+            files = api.list_repo_files(self.repo_id, repo_type="dataset", revision=self.revision)
         except Exception as e:
             raise DataError(f"{self.describe()}: cannot list files ({str(e).splitlines()[0]})") from None
         names = [n for n in files if n.startswith(f"{split}/") and n.endswith(SUFFIXES)]
