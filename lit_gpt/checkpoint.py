@@ -114,26 +114,35 @@ def load_model_state(path: PathLike) -> dict[str, torch.Tensor]:
 
 
 def _torch_load(path: Path):
-    try:
+    try:  # mmap: a multi-GB checkpoint is paged in as tensors are used, not read up front
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as e:  # not a zip archive (legacy format, or not a torch file at all): no mmap
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            raise ValueError(f"{path}: unreadable torch checkpoint ({_first_line(e)})") from None
-    except Exception as e:  # pickle errors, truncated files, objects weights_only refuses
-        raise ValueError(f"{path}: unreadable torch checkpoint ({_first_line(e)})") from None
+    except Exception:  # legacy (non-zip) format, or damaged: the plain load says which
+        pass
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated files, pickle errors, objects weights_only refuses
+        raise ValueError(f"{path}: corrupt, truncated or not a torch checkpoint ({_first_line(e)})") from None
 
 
 def _load_dcp_model(path: Path) -> dict[str, torch.Tensor]:
     """Consolidates the "model" entry of a sharded torch.distributed.checkpoint folder on the CPU, in this process
     (no process group): every shard file is read and the full tensors are rebuilt."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
+    try:  # read .metadata first: on failure DCP would log tracebacks while trying per-rank metadata files
+        FileSystemReader(str(path)).read_metadata()
+    except Exception as e:
+        raise ValueError(f"{path}: unreadable distributed checkpoint, .metadata is corrupt ({_first_line(e)})") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "assuming the intent is to load in a single process": it is
             state = _load_state_dict_from_keys({"model"}, checkpoint_id=str(path))
+    except CheckpointException as e:  # a BaseException holding each rank's (exception, traceback)
+        causes = [err[0] if isinstance(err, tuple) else err for err in e.failures.values()]
+        reason = _first_line(causes[0]) if causes else _first_line(e)
+        raise ValueError(f"{path}: unreadable distributed checkpoint ({reason})") from None
     except Exception as e:
         raise ValueError(f"{path}: unreadable distributed checkpoint ({_first_line(e)})") from None
     model = state.get("model")

@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     try:
         check_output_folder(args.out_dir, args.overwrite)
         config, state_dict = load_hf_folder(args.hf_dir, log=print)
-        print(f"config {config.name!r}: {config.num_params() / 1e6:.1f}M parameters; writing {args.out_dir}")
+        print(f"config {config.name!r}: {config.num_params():,} parameters; writing {args.out_dir}")
         save_lit_folder(state_dict, config, args.out_dir, tokenizer_dir=args.hf_dir, overwrite=args.overwrite,
                         dtype=DTYPES[args.dtype] if args.dtype else None)
     except (OSError, ValueError) as e:

@@ -58,9 +58,9 @@ def main(argv=None) -> None:
         checkpoint = resolve_checkpoint(args.checkpoint)
         config = load_config(args.config, checkpoint)
         tokenizer_dir = args.tokenizer_dir or find_tokenizer_dir(checkpoint)
-        if args.tokenizer_dir is not None and not args.tokenizer_dir.is_dir():
-            raise FileNotFoundError(f"{args.tokenizer_dir}: tokenizer folder not found")
-        print(f"reading {checkpoint} (config {config.name!r}, {config.num_params() / 1e6:.1f}M parameters)")
+        if args.tokenizer_dir is not None and find_tokenizer_dir(args.tokenizer_dir) != args.tokenizer_dir:
+            raise FileNotFoundError(f"{args.tokenizer_dir}: no tokenizer.model or tokenizer.json in this folder")
+        print(f"reading {checkpoint} (config {config.name!r}, {config.num_params():,} parameters)")
         state_dict = load_model_state(checkpoint)
         print(f"writing {args.out_dir} ({args.dtype}, tokenizer from {tokenizer_dir or 'nowhere: none found'})")
         save_hf_folder(state_dict, config, args.out_dir, tokenizer_dir=tokenizer_dir, dtype=DTYPES[args.dtype],

@@ -3,6 +3,7 @@
 The reference is transformers' LlamaForCausalLM loaded with `from_pretrained` from the folders we write."""
 
 import json
+import random
 import subprocess
 import sys
 import textwrap
@@ -174,7 +175,11 @@ def test_load_model_state_every_layout(tmp_path, spm_dir):
         d = out / "checkpoints" / f"step-{step:08d}"
         d.mkdir(parents=True)
         weights = {f"_orig_mod.{k}": (v if step == 1000 else torch.zeros_like(v)) for k, v in expected.items()}
-        torch.save({"model": weights, "optimizer": {}, "step": step, "tokens_seen": step * 64}, d / "state.pth")
+        # the entries the trainer saves beside the model must load under weights_only too
+        torch.save({"model": weights, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3}]}, "step": step,
+                    "tokens_seen": step * 64, "rng": [{"torch": torch.get_rng_state(), "python": random.getstate()}],
+                    "train_dataloader": [{"epoch": 0, "files": ["a.bin"]}], "model_config": config.to_dict(),
+                    "train_args": {"out_dir": str(out)}}, d / "state.pth")
         config.save(d / "model_config.json")
     (out / "tokenizer.model").write_bytes((spm_dir / "tokenizer.model").read_bytes())
     assert same(load_model_state(out)) and same(load_model_state(out / "checkpoints"))
@@ -300,7 +305,7 @@ FSDP_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_sharded_fsdp2_checkpoint_consolidates_on_cpu(tmp_path):
+def test_sharded_fsdp2_checkpoint_consolidates_on_cpu(tmp_path, capfd):
     script = tmp_path / "train_fsdp.py"
     script.write_text(FSDP_SCRIPT)
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "run")], capture_output=True, text=True,
@@ -317,3 +322,14 @@ def test_sharded_fsdp2_checkpoint_consolidates_on_cpu(tmp_path):
     consolidate(step, tmp_path / "lit")
     model = load_model(tmp_path / "lit")
     assert torch.equal(model.blocks[1].mlp.down.weight, reference["blocks.1.mlp.down.weight"])
+
+    # damaged shards or metadata: one clear error, no tracebacks logged on the way
+    capfd.readouterr()
+    shard = sorted((step / "state").glob("*.distcp"))[1]
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"{step / 'state'}: unreadable distributed checkpoint"):
+        load_model_state(step)
+    (step / "state" / ".metadata").write_bytes(b"junk")
+    with pytest.raises(ValueError, match=r"unreadable distributed checkpoint, .metadata is corrupt"):
+        load_model_state(step)
+    assert "Traceback" not in capfd.readouterr().err
