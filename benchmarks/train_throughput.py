@@ -1,0 +1,302 @@
+"""Training throughput of the real step (forward, backward, clip_grad_norm_, fused AdamW, bf16-mixed autocast):
+this project eager / with kernels / compiled / both, against the peers that import here (HF transformers
+LlamaForCausalLM eager / compiled / with Liger kernels, litgpt GPT eager / compiled).
+
+Each (variant, micro batch) runs in its own process, so an OOM or a monkey-patch (Liger) cannot leak into the
+next row. Prints a Markdown table of tokens/s, MFU (FLOPs/token = Config.flops_per_token(T), peak from
+lit_gpt.speed_monitor) and peak memory, then a breakdown of the step into parts timed on their own against
+their floor (GEMMs and attention at the measured matmul rate, elementwise parts and AdamW at the measured copy
+bandwidth).
+
+  python benchmarks/train_throughput.py                          # MicroLlama-300M, T=2048, micro batch 8/16/32
+  python benchmarks/train_throughput.py --model TinyLlama-1.1B --micro-batches 4 8
+  python benchmarks/train_throughput.py --tiny                   # same code on the CPU in seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+OURS = ["lit_gpt eager", "lit_gpt kernels", "lit_gpt compile", "lit_gpt kernels+compile"]
+PEERS = {  # variant -> module that must import
+    "hf eager": "transformers", "hf compile": "transformers", "hf liger": "liger_kernel",
+    "litgpt eager": "litgpt", "litgpt compile": "litgpt",
+}
+VARIANTS = OURS + list(PEERS)
+RESULT_TAG = "RESULT "
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="MicroLlama-300M", help="lit_gpt config name (default MicroLlama-300M)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the config's block size)")
+    p.add_argument("--micro-batches", type=int, nargs="+", default=[8, 16, 32], help="micro batch sizes to run")
+    p.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS, metavar="VARIANT",
+                   help=f"rows to run (default all that import): {', '.join(VARIANTS)}")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend for the compiled rows")
+    p.add_argument("--attention", default="auto", help="lit_gpt attention backend: auto, cudnn, flash_attn, sdpa")
+    p.add_argument("--no-breakdown", action="store_true", help="skip the per-part breakdown of the step")
+    p.add_argument("--timeout", type=int, default=900, help="seconds allowed per variant process")
+    p.add_argument("--tiny", action="store_true",
+                   help="the 'tiny' config on the CPU in float32, T=16, micro batch 1, 1+2 steps (a smoke test)")
+    p.add_argument("--json", type=Path, default=None, help="also write all results to this JSON file")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: run one variant
+    p.add_argument("--micro-batch", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.model, args.seq_len, args.micro_batches, args.warmup, args.steps = "tiny", 16, [1], 1, 2
+    return args
+
+
+# ---- building each variant ------------------------------------------------------------------------------------
+def build(variant: str, config, device, compile_backend: str):
+    """Returns (model, loss_fn(model, idx, targets) -> scalar loss)."""
+    import torch
+    import torch.nn.functional as F
+
+    if variant.startswith("lit_gpt"):
+        from lit_gpt import GPT
+
+        model = GPT(config, kernels="kernels" in variant).to(device)
+
+        def loss_fn(m, idx, targets):
+            return m(idx, targets)
+    elif variant.startswith("hf"):
+        if variant == "hf liger":
+            from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+            apply_liger_kernel_to_llama()  # patches the HF Llama classes in this process only
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        hf_config = LlamaConfig(**config.to_hf())
+        hf_config._attn_implementation = "sdpa"
+        model = LlamaForCausalLM(hf_config).to(device)
+
+        def loss_fn(m, idx, targets):  # labels = inputs: HF shifts inside (T-1 predicted tokens per row)
+            return m(input_ids=idx, labels=idx).loss
+    else:
+        from litgpt.config import Config as LitConfig
+        from litgpt.model import GPT as LitGPT
+
+        lit_config = LitConfig(
+            name=config.name, block_size=config.block_size, vocab_size=config.vocab_size,
+            padded_vocab_size=config.vocab_size, n_layer=config.n_layer, n_head=config.n_head,
+            n_embd=config.n_embd, n_query_groups=config.n_query_groups, rotary_percentage=1.0,
+            parallel_residual=False, bias=False, norm_class_name="RMSNorm", norm_eps=config.norm_eps,
+            mlp_class_name="LLaMAMLP", intermediate_size=config.intermediate_size, rope_base=int(config.rope_base))
+        model = LitGPT(lit_config).to(device)
+        try:
+            from litgpt.utils import chunked_cross_entropy as litgpt_loss
+        except ImportError:
+            litgpt_loss = None
+
+        def loss_fn(m, idx, targets):
+            logits = m(idx)
+            if litgpt_loss is not None:
+                return litgpt_loss(logits, targets)
+            return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+    if "compile" in variant:
+        model = torch.compile(model, backend=compile_backend)
+    return model, loss_fn
+
+
+def run_worker(args) -> dict:
+    """One variant at one micro batch: warm-up, then timed steps. Returns the result row."""
+    import torch
+
+    from benchmarks.timing import synchronize
+    from lit_gpt import Config
+    from lit_gpt.kernels.attention import set_attention_backend
+    from lit_gpt.speed_monitor import mfu, peak_flops
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # tiny shapes: threads only add contention
+    config = Config.from_name(args.model)
+    T = args.seq_len or config.block_size
+    B = args.micro_batch
+    row = {"variant": args.worker, "micro_batch": B, "seq_len": T, "model": config.name,
+           "torch": torch.__version__}
+    set_attention_backend(args.attention)
+    torch.manual_seed(0)
+    model, loss_fn = build(args.worker, config, device, args.compile_backend)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=fused)
+    data = torch.randint(0, config.vocab_size, (B, T + 1), device=device)
+    idx, targets = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
+
+    def step():
+        with autocast:
+            loss = loss_fn(model, idx, targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    import time
+
+    for _ in range(args.warmup):
+        loss = step()
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        loss = step()
+    synchronize(device)
+    elapsed = time.perf_counter() - t0
+    tokens_per_s = B * T * args.steps / elapsed
+    peak = peak_flops(device)
+    row.update(status="ok", tokens_per_s=tokens_per_s, step_ms=elapsed / args.steps * 1e3,
+               mfu=mfu(tokens_per_s, config.flops_per_token(T), peak), loss=float(loss),
+               peak_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+               device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+    return row
+
+
+def run_breakdown(args) -> dict:
+    import torch
+
+    from benchmarks.step_breakdown import breakdown
+    from lit_gpt import Config
+    from lit_gpt.kernels.attention import set_attention_backend
+
+    set_attention_backend(args.attention)
+    if args.tiny:
+        torch.set_num_threads(1)
+    config = Config.from_name(args.model)
+    rows = breakdown(config, args.seq_len or config.block_size, args.micro_batch, tiny=args.tiny)
+    return {"variant": "breakdown", "micro_batch": args.micro_batch, "status": "ok", "parts": rows}
+
+
+def worker_main(args) -> None:
+    import torch
+
+    try:
+        row = run_breakdown(args) if args.worker == "breakdown" else run_worker(args)
+    except torch.OutOfMemoryError:
+        row = {"variant": args.worker, "micro_batch": args.micro_batch, "status": "OOM"}
+    except Exception as e:  # a peer's incompatibility is a row, not a crash of the whole table
+        status = "OOM" if "out of memory" in str(e).lower() else f"error: {type(e).__name__}: {str(e)[:160]}"
+        row = {"variant": args.worker, "micro_batch": args.micro_batch, "status": status}
+    print(RESULT_TAG + json.dumps(row), flush=True)
+
+
+# ---- the parent: one process per row ---------------------------------------------------------------------------
+def child_command(args, variant: str, micro_batch: int) -> list[str]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--micro-batch", str(micro_batch),
+           "--model", args.model, "--warmup", str(args.warmup), "--steps", str(args.steps),
+           "--compile-backend", args.compile_backend, "--attention", args.attention]
+    if args.seq_len:
+        cmd += ["--seq-len", str(args.seq_len)]
+    if args.tiny:
+        cmd.append("--tiny")
+    return cmd
+
+
+def child_env(args) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    if args.tiny:  # the kernels run interpreted on the CPU, like in the tests
+        env["TRITON_INTERPRET"] = "1"
+    return env
+
+
+def run_row(args, variant: str, micro_batch: int) -> dict:
+    base = {"variant": variant, "micro_batch": micro_batch}
+    try:
+        proc = subprocess.run(child_command(args, variant, micro_batch), capture_output=True, text=True,
+                              timeout=args.timeout, env=child_env(args), cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {**base, "status": f"timeout after {args.timeout}s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {**base, "status": f"crashed (exit {proc.returncode}): {tail[:160]}"}
+
+
+def available(variant: str) -> bool:
+    module = PEERS.get(variant)
+    return module is None or importlib.util.find_spec(module) is not None
+
+
+def fmt(row: dict) -> str:
+    if row.get("status") != "ok":
+        return f"| {row['variant']} | {row['micro_batch']} | {row['status']} | | | |"
+    mfu = "n/a" if row.get("mfu") is None else f"{row['mfu']:.2f}"
+    mem = "n/a" if row.get("peak_gib") is None else f"{row['peak_gib']:.1f}"
+    return (f"| {row['variant']} | {row['micro_batch']} | {row['tokens_per_s']:,.0f} | {mfu} | {mem} | "
+            f"{row['step_ms']:.1f} |")
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| variant | micro batch | tokens/s | MFU | peak GiB | step ms |", "|---|---|---|---|---|---|"]
+    return "\n".join(lines + [fmt(r) for r in rows])
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        return worker_main(args)
+    from lit_gpt import Config
+
+    try:
+        config = Config.from_name(args.model)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    if any(b < 1 for b in args.micro_batches) or args.steps < 1 or args.warmup < 0:
+        sys.exit("error: micro batches and --steps must be >= 1, --warmup >= 0")
+    T = args.seq_len or config.block_size
+    rows, skipped = [], []
+    for variant in args.variants:
+        if not available(variant):
+            skipped.append(f"{variant} ({PEERS[variant]} not installed)")
+            continue
+        for micro_batch in args.micro_batches:
+            print(f"running {variant}, micro batch {micro_batch} ...", file=sys.stderr, flush=True)
+            row = run_row(args, variant, micro_batch)
+            print(f"  {fmt(row)}", file=sys.stderr, flush=True)
+            rows.append(row)
+    device = next((r["device"] for r in rows if r.get("device")), "n/a")
+    print(f"\n## {config.name}, T={T}, device: {device}\n")
+    print(table(rows))
+    if skipped:
+        print(f"\nnot run: {'; '.join(skipped)}")
+    breakdown_rows = []
+    if not args.no_breakdown:
+        from benchmarks.step_breakdown import breakdown_table
+
+        micro_batch = 16 if 16 in args.micro_batches else args.micro_batches[0]
+        print(f"measuring the step breakdown at micro batch {micro_batch} ...", file=sys.stderr, flush=True)
+        result = run_row(args, "breakdown", micro_batch)
+        if result.get("status") != "ok":
+            print(f"\nstep breakdown failed: {result.get('status')}")
+        else:
+            breakdown_rows = result["parts"]
+            ours = [r for r in rows if "kernels" in r["variant"] and r.get("status") == "ok"
+                    and r["micro_batch"] == micro_batch]
+            best = min((r["step_ms"] for r in ours), default=None)
+            print(f"\n### Step breakdown, micro batch {micro_batch} (lit_gpt with kernels, each part timed alone)\n")
+            print(breakdown_table(breakdown_rows, best))
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "breakdown": breakdown_rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
