@@ -400,7 +400,8 @@ class PackedDataLoader:
 def make_dataloader(sources: Sequence[tuple], block_size: int, batch_size: int, seed: int = 42, rank: int = 0,
                     world_size: int = 1, num_workers: int = 0, shuffle: bool = True, infinite: bool = True,
                     shuffle_window: int = 8) -> PackedDataLoader:
-    """`sources`: (data_dir, prefix, weight) tuples, files `{data_dir}/{prefix}*.bin`. `infinite=False` gives one
-    deterministic pass over every block once (validation); pass `shuffle=False` for it to be unshuffled."""
+    """`sources`: (data_dir, prefix, weight) tuples, files `{data_dir}/{prefix}*.bin`. `infinite=True`: shuffled
+    (unless `shuffle=False`), weighted, reshuffled every epoch, never ending. `infinite=False` (validation): one
+    pass over every block of every source once, in order, split across ranks (weights and `shuffle` unused)."""
     return PackedDataLoader(sources, block_size, batch_size, seed, rank, world_size, num_workers, shuffle, infinite,
                             shuffle_window)

@@ -136,6 +136,13 @@ def test_each_epoch_is_a_fresh_permutation_split_over_ranks(tmp_path):
     assert not torch.equal(epoch0, torch.arange(n_blocks)), "blocks must be shuffled"
 
 
+def test_a_source_with_fewer_files_than_the_shuffle_window(tmp_path):
+    write_stream(tmp_path, "one", np.arange(170), chunk_size=1000)  # a single, partial chunk
+    loader = make_dataloader([(tmp_path, "one", 1.0)], 16, 4, shuffle_window=8)
+    firsts = torch.cat(take(loader, 5))[:, 0] // 17  # two epochs of 10 blocks
+    assert sorted(firsts[:10].tolist()) == list(range(10)) == sorted(firsts[10:20].tolist())
+
+
 def test_weights_are_met_exactly_per_round(two_sources):
     q = quotas([0.693584, 0.306416], 4096)
     assert q.sum() == 4096 and abs(q[0] / 4096 - 0.693584) < 1 / 4096

@@ -244,6 +244,8 @@ def prepare(source, split: str, tokenizer_dir: Union[str, Path], destination: Un
             log(f"{destination}: {prefix} already complete ({len(manifest.files)} files); nothing to do")
             return manifest.stats
         writer.resume_from(manifest.position)
+        for stale in destination.glob(f".{manifest.path.name}.tmp-*"):  # left by a kill during a manifest write
+            stale.unlink()
     elif any(destination.glob(f"{prefix}_*.bin")):
         raise DataError(f"{destination}: holds {prefix}_*.bin files but no {manifest.path.name}; use an empty --destination")
 
