@@ -341,8 +341,12 @@ class Trainer:
             f"{self.tokens_per_step} tokens/step, {self.max_steps} steps")
         if resume_path is not None:
             fabric.print(f"resumed from {resume_path} at step {self.step} ({self.tokens_seen} tokens seen)")
-        self._install_signal_handlers()
-        self._loop()
+        previous = self._install_signal_handlers()
+        try:
+            self._loop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _make_train_loader(self):
         from lit_gpt.packed_dataset import make_dataloader
@@ -412,9 +416,9 @@ class Trainer:
             self.step += 1
             self.tokens_seen += self.tokens_per_step
             self.monitor.update(self.step, self.tokens_seen)
-            _fault_injection(self.step)
+            _fault_injection(self.step, fabric.global_rank)
 
-            if self.step % args.log_interval == 0 or self.step == self.max_steps:
+            if self.step % args.log_interval == 0 or self.step in (1, self.max_steps):
                 self._log(loss_sum / self.accum, lr, grad_norm)
             if args.val_data_dir is not None and (self.step % args.eval_interval == 0 or self.step == self.max_steps):
                 self._validate()
@@ -484,12 +488,11 @@ class Trainer:
                      f"{count} batches/device)")
 
     # ---- signals ----
-    def _install_signal_handlers(self) -> None:
+    def _install_signal_handlers(self) -> dict:
         def handler(signum, frame):  # only set a flag: the loop acts on it at the step boundary, on every rank
             self.stop_signal = signal.Signals(signum).name
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, handler)
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _stop_requested(self) -> bool:
         """True on every rank when any rank got SIGTERM/SIGINT (one tiny all-reduce per step keeps ranks agreed)."""
@@ -654,9 +657,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _fault_injection(step: int) -> None:
-    """Test hook: LIT_GPT_KILL_AFTER_STEP=k makes every rank SIGKILL itself right after optimizer step k, a hard
-    crash with no chance to clean up (used to prove that resuming reproduces an uninterrupted run)."""
-    kill_at = os.environ.get("LIT_GPT_KILL_AFTER_STEP")
-    if kill_at is not None and step == int(kill_at):
+def _fault_injection(step: int, rank: int) -> None:
+    """Test hooks, right after optimizer step k: LIT_GPT_KILL_AFTER_STEP=k makes every rank SIGKILL itself (a hard
+    crash, no chance to clean up); LIT_GPT_SIGTERM_AFTER_STEP=k sends SIGTERM to rank 0 only (a preemption notice
+    the other ranks must learn about). Used to prove that resuming reproduces an uninterrupted run."""
+    if os.environ.get("LIT_GPT_KILL_AFTER_STEP") == str(step):
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("LIT_GPT_SIGTERM_AFTER_STEP") == str(step) and rank == 0:
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -1,0 +1,224 @@
+"""The training loop in one process: learning on the sample corpus, logs, SIGTERM + exact resume, the LR schedule,
+checkpoint rotation and the one-line errors. Multi-process runs (FSDP, DDP, 2 nodes) are in test_train_multiprocess.py."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lit_gpt.packed_dataset import PackedDatasetWriter
+from lit_gpt.trainer import TrainArgs, cli, cosine_lr, latest_checkpoint, parse_args
+from lit_gpt.utils import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_random_chunks(folder: Path, prefix: str, n_tokens: int, vocab: int = 512, chunk: int = 4096,
+                        seed: int = 0) -> Path:
+    """Random token chunks with a learnable pattern (each token repeats the previous one half the time)."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, vocab, n_tokens)
+    repeat = rng.random(n_tokens) < 0.5
+    for i in range(1, n_tokens):
+        if repeat[i]:
+            tokens[i] = tokens[i - 1]
+    with PackedDatasetWriter(folder, prefix, chunk, vocab) as writer:
+        writer.add_array(tokens)
+    return folder
+
+
+def tokenize_sample_corpus(dest: Path) -> Path:
+    """The bundled SlimPajama-layout sample, tokenized with the bundled 4096-piece tokenizer into packed chunks."""
+    import zstandard
+
+    from lit_gpt.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(ROOT / "data" / "tokenizer")
+    for split in ("train", "validation"):
+        with PackedDatasetWriter(dest / split, f"{split}_slimpajama", 2049 * 16, 4096) as writer:
+            for path in sorted((ROOT / "data" / "sample_slimpajama" / split).rglob("*.jsonl.zst")):
+                with open(path, "rb") as f:
+                    text = zstandard.ZstdDecompressor().stream_reader(f).read().decode()
+                for line in text.splitlines():
+                    writer.add_array(np.array(tokenizer.encode(json.loads(line)["text"], eos=True)))
+    return dest
+
+
+def tiny_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--model_name", "tiny", "--train_data_dir", str(data), "--train_prefixes", "[train]", "--out_dir", str(out),
+            "--global_batch_size", "4", "--micro_batch_size", "2", "--max_steps", "6", "--warmup_steps", "2",
+            "--learning_rate", "1e-2", "--min_lr", "1e-3", "--log_interval", "1", "--save_interval", "3",
+            "--accelerator", "cpu", "--loggers", "[]", "--keep_last_k", "null", *extra]
+
+
+def run(argv: list[str], defaults: TrainArgs = TrainArgs()) -> None:
+    cli(defaults, argv)
+
+
+def losses(out: Path) -> list[tuple[int, float]]:
+    return [(int(r["step"]), r["loss"]) for r in read_metrics(out / "metrics.csv") if r["loss"] is not None]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return write_random_chunks(tmp_path_factory.mktemp("data") / "train", "train", 40_000)
+
+
+# ---- learning, logs -------------------------------------------------------------------------------
+def test_debug_model_learns_on_sample_corpus_and_logs_throughput(tmp_path):
+    data = tokenize_sample_corpus(tmp_path / "data")
+    out = tmp_path / "out"
+    run(["--model_name", "debug", "--block_size", "128", "--train_data_dir", str(data / "train"),
+         "--val_data_dir", str(data / "validation"), "--tokenizer_dir", str(ROOT / "data" / "tokenizer"),
+         "--out_dir", str(out), "--global_batch_size", "8", "--micro_batch_size", "8", "--max_steps", "40",
+         "--warmup_steps", "5", "--learning_rate", "3e-3", "--min_lr", "3e-4", "--log_interval", "5",
+         "--eval_interval", "20", "--eval_iters", "2", "--save_interval", "40", "--accelerator", "cpu",
+         "--peak_tflops", "1.0", "--loggers", "[tensorboard]"])
+    rows = read_metrics(out / "metrics.csv")
+    train = [r for r in rows if r["loss"] is not None]
+    val = [r["val_loss"] for r in rows if r["val_loss"] is not None]
+    assert train[0]["step"] == 1 and train[0]["loss"] > 8.0  # ~ln(4096) = 8.3 at the start
+    last = sum(r["loss"] for r in train[-3:]) / 3  # single steps are noisy (8 sequences): average the last 3 logs
+    assert last < train[0]["loss"] - 1.5, [r["loss"] for r in train]
+    assert len(val) == 2 and val[1] < val[0] < 8.0
+    # throughput and MFU columns: MFU = per-device tokens/s x FLOPs per token / peak (1 TFLOP/s given)
+    from lit_gpt.config import Config
+
+    flops = Config.from_name("debug").flops_per_token(128)
+    for r in train[1:]:
+        assert r["tokens_per_s"] > 0 and r["tokens_per_s_per_device"] == r["tokens_per_s"]
+        assert r["mfu"] == pytest.approx(r["tokens_per_s_per_device"] * flops / 1e12, rel=1e-9)
+        assert r["eta_s"] is not None and r["lr"] > 0 and r["grad_norm"] > 0
+    assert train[-1]["tokens"] == 40 * 8 * 128
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "val_loss", "tokens_per_s", "tokens_per_s_per_device", "mfu", "lr", "grad_norm"} <= tags
+    assert [e.step for e in events.Scalars("mfu")][-1] == 40
+    # the out_dir is self-contained: config, tokenizer, a checkpoint the convert helper reads
+    assert (out / "model_config.json").is_file() and (out / "tokenizer.model").is_file()
+    from lit_gpt.checkpoint import load_model
+
+    model = load_model(latest_checkpoint(out))
+    assert model.config.name == "debug"
+
+
+def test_sigterm_saves_and_resume_is_exact(tiny_data, tmp_path, monkeypatch):
+    """SIGTERM after step 4 -> checkpoint at step 4 and a clean return; resuming gives the uninterrupted run's
+    per-step losses bit for bit and the same final weights."""
+    from lit_gpt.checkpoint import load_model_state
+
+    run(tiny_args(tiny_data, tmp_path / "a", "--global_batch_size", "8"))
+    monkeypatch.setenv("LIT_GPT_SIGTERM_AFTER_STEP", "4")
+    run(tiny_args(tiny_data, tmp_path / "b", "--global_batch_size", "8", "--save_interval", "100"))
+    monkeypatch.delenv("LIT_GPT_SIGTERM_AFTER_STEP")
+    assert latest_checkpoint(tmp_path / "b").name == "step-00000004"
+    assert losses(tmp_path / "b")[-1][0] == 4
+    run(tiny_args(tiny_data, tmp_path / "b", "--global_batch_size", "8", "--resume", "auto"))
+    assert losses(tmp_path / "a") == losses(tmp_path / "b") and len(losses(tmp_path / "a")) == 6
+    wa, wb = load_model_state(tmp_path / "a"), load_model_state(tmp_path / "b")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_keep_last_k_and_unfinished_checkpoint_ignored(tiny_data, tmp_path):
+    out = tmp_path / "out"
+    run(tiny_args(tiny_data, out, "--save_interval", "1", "--keep_last_k", "2"))
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["step-00000005", "step-00000006"]
+    # a crash mid-save leaves a .tmp folder: resume auto skips it and uses the newest complete checkpoint
+    (out / "checkpoints" / "step-00000007.tmp").mkdir()
+    (out / "checkpoints" / "step-00000007.tmp" / "state.pth").write_bytes(b"partial")
+    assert latest_checkpoint(out).name == "step-00000006"
+
+
+def test_cosine_lr_schedule():
+    lrs = [cosine_lr(s, 4e-4, 4e-5, 10, 110) for s in range(110)]
+    assert lrs[0] == pytest.approx(4e-5) and lrs[9] == pytest.approx(4e-4)
+    assert lrs[10] == pytest.approx(4e-4) and lrs[60] == pytest.approx((4e-4 + 4e-5) / 2)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] > 4e-5
+    assert cosine_lr(110, 4e-4, 4e-5, 10, 110) == 4e-5
+
+
+def test_cli_yaml_and_overrides(tmp_path):
+    for name in ("microllama", "tinyllama", "debug"):
+        args = parse_args(TrainArgs(), ["--config", str(ROOT / "configs" / f"{name}.yaml")])
+        assert args.learning_rate > 0 and args.global_batch_size % args.micro_batch_size == 0
+    args = parse_args(TrainArgs(), ["--config", str(ROOT / "configs" / "microllama.yaml"), "--micro_batch_size", "8"])
+    assert (args.model_name, args.global_batch_size, args.micro_batch_size) == ("MicroLlama-300M", 48, 8)
+    help_text = subprocess.run([sys.executable, str(ROOT / "pretrain" / "microllama.py"), "--help"],
+                               capture_output=True, text=True, check=True).stdout
+    from dataclasses import fields
+
+    for f in fields(TrainArgs):  # every option is documented
+        assert f"--{f.name}" in help_text
+    assert "Sequences per device per forward pass" in help_text
+
+
+# ---- one-line errors ------------------------------------------------------------------------------
+def expect_error(argv: list[str], *fragments: str) -> str:
+    with pytest.raises(SystemExit) as e:
+        run(argv)
+    msg = str(e.value.code)
+    assert msg.startswith("error: ") and "\n" not in msg, msg
+    for fragment in fragments:
+        assert fragment in msg, msg
+    return msg
+
+
+def test_error_missing_data_folder_exit_code(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "pretrain" / "microllama.py"), *tiny_args(tmp_path / "nope",
+                          tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "nope: data folder not found" in last and "Traceback" not in proc.stderr
+
+
+def test_error_no_chunks_and_bad_header(tmp_path):
+    (tmp_path / "empty").mkdir()
+    expect_error(tiny_args(tmp_path / "empty", tmp_path / "out"), "empty", "train")
+    bad = write_random_chunks(tmp_path / "bad", "train", 5000)
+    chunk = sorted(bad.glob("train*.bin"))[0]
+    chunk.write_bytes(b"NOTPKDS" + chunk.read_bytes()[7:])
+    expect_error(tiny_args(bad, tmp_path / "out"), chunk.name, "bad magic")
+
+
+def test_error_batch_sizes(tiny_data, tmp_path):
+    expect_error(tiny_args(tiny_data, tmp_path / "o", "--global_batch_size", "5"),
+                 "global_batch_size 5 is not divisible by micro_batch_size 2")
+
+
+def test_error_resume_missing_or_other_shape(tiny_data, tmp_path):
+    expect_error(tiny_args(tiny_data, tmp_path / "o", "--resume", str(tmp_path / "missing")),
+                 "missing: resume checkpoint not found")
+    run(tiny_args(tiny_data, tmp_path / "o", "--max_steps", "1"))
+    other = json.dumps({"name": "tiny2", "block_size": 64, "vocab_size": 512, "n_layer": 3, "n_embd": 32,
+                        "n_head": 4, "n_query_groups": 2, "intermediate_size": 88})
+    (tmp_path / "tiny2.json").write_text(other)
+    expect_error(tiny_args(tiny_data, tmp_path / "o", "--resume", "auto", "--model_config", str(tmp_path / "tiny2.json")),
+                 "step-00000001", "another model shape", "n_layer 2 -> 3")
+
+
+def test_error_out_of_memory_hint(tiny_data, tmp_path, monkeypatch):
+    from lit_gpt.model import GPT
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(GPT, "forward", oom)
+    expect_error(tiny_args(tiny_data, tmp_path / "o"), "out of memory", "lower --micro_batch_size",
+                 "--activation_checkpointing true")
+
+
+def test_activation_checkpointing_same_loss(tiny_data, tmp_path):
+    """Recomputing activations changes memory, not the math: same per-step losses as without."""
+    run(tiny_args(tiny_data, tmp_path / "a", "--max_steps", "2"))
+    run(tiny_args(tiny_data, tmp_path / "b", "--max_steps", "2", "--activation_checkpointing", "true"))
+    la, lb = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert [s for s, _ in la] == [1, 2] and all(math.isclose(x, y, rel_tol=1e-6) for (_, x), (_, y) in zip(la, lb))
