@@ -35,7 +35,7 @@ def test_train_throughput_tiny(tmp_path):
     assert "### Step breakdown" in out
     for part in ("GEMMs", "attention fwd+bwd", "norms + RoPE + SwiGLU", "lm_head + cross-entropy", "clip_grad_norm_ + AdamW"):
         assert re.search(rf"^\| {re.escape(part)}[^|]*\| \d+\.\d\d \| \d+\.\d\d \|", out, re.M), part
-    assert (tmp_path / "r.json").read_text().count('"status": "ok"') >= 4
+    assert (tmp_path / "r.json").read_text().count('"status": "ok"') >= 3
 
 
 def test_train_throughput_rejects_unknown_model():
