@@ -146,7 +146,9 @@ def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int) -> None:
         minloglevel=2,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "tokenizer.model").write_bytes(model.getvalue())
+    tmp = out_dir / f".tokenizer.model.tmp-{os.getpid()}"
+    tmp.write_bytes(model.getvalue())
+    os.replace(tmp, out_dir / "tokenizer.model")
     config = {
         "tokenizer_class": "LlamaTokenizer",
         "bos_token": "<s>",

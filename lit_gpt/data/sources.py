@@ -106,7 +106,12 @@ class HttpSource:
             if attempt:
                 time.sleep(min(60.0, self.backoff * 2 ** (attempt - 1)))
             try:
-                request = urllib.request.Request(url, headers=self.headers)
+                request = urllib.request.Request(url)
+                for key, value in self.headers.items():  # the token goes to the Hub only, not to where it redirects
+                    if key.lower() == "authorization":
+                        request.add_unredirected_header(key, value)
+                    else:
+                        request.add_header(key, value)
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     return response.read()  # raises IncompleteRead when the body is shorter than Content-Length
             except urllib.error.HTTPError as e:
