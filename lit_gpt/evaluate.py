@@ -12,6 +12,7 @@ lm-eval's own `hf` model, so the numbers are exactly what `lm_eval --model hf` g
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -39,13 +40,20 @@ def check_limit(limit: Optional[float]) -> None:
 
 
 def task_manager(include_path: Optional[Sequence[PathLike]] = None):
-    from lm_eval.tasks import TaskManager
-
-    paths = [str(p) for p in include_path or ()]
+    """lm-eval's TaskManager with the extra task folders; cached per folder list because indexing every task YAML
+    takes seconds and the trainer evaluates again every few thousand steps."""
+    paths = tuple(str(Path(p).resolve()) for p in include_path or ())
     for p in paths:
         if not Path(p).is_dir():
             raise FileNotFoundError(f"{p}: --include_path folder not found")
-    return TaskManager(include_path=paths or None)
+    return _task_manager(paths)
+
+
+@functools.lru_cache(maxsize=4)
+def _task_manager(paths: tuple[str, ...]):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(paths) or None)
 
 
 def check_tasks(tasks: Sequence[str], manager) -> None:

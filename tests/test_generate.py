@@ -1,5 +1,7 @@
 """Generation: the KV-cache path equals the uncached path and transformers' `generate`; sampling is seeded."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -20,10 +22,8 @@ def make_model(n_query_groups: int, seed: int = 0) -> GPT:
 
 
 def to_hf(model: GPT):
-    try:
-        from lit_gpt.convert import lit_to_hf
-    except ImportError:  # TEMP until lit_gpt.convert lands
-        lit_to_hf = _map
+    from lit_gpt.convert import lit_to_hf
+
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**model.config.to_hf()))
     hf.load_state_dict(lit_to_hf(model.state_dict(), model.config), strict=True)
     return hf.eval()
@@ -115,18 +115,46 @@ def test_bad_sampling_args():
             generate(model, PROMPT, 2, **kw)
 
 
-def _map(sd, c):  # TEMP
-    out = {"model.embed_tokens.weight": sd["embed.weight"], "model.norm.weight": sd["norm.weight"],
-           "lm_head.weight": sd["lm_head.weight"]}
-    hs = c.head_size
-    for i in range(c.n_layer):
-        p = f"blocks.{i}."
-        q, k, v = sd[p + "attn.qkv.weight"].split([c.n_head * hs, c.n_query_groups * hs, c.n_query_groups * hs])
-        g, u = sd[p + "mlp.gate_up.weight"].chunk(2)
-        h = f"model.layers.{i}."
-        out.update({h + "self_attn.q_proj.weight": q, h + "self_attn.k_proj.weight": k, h + "self_attn.v_proj.weight": v,
-                    h + "self_attn.o_proj.weight": sd[p + "attn.proj.weight"], h + "mlp.gate_proj.weight": g,
-                    h + "mlp.up_proj.weight": u, h + "mlp.down_proj.weight": sd[p + "mlp.down.weight"],
-                    h + "input_layernorm.weight": sd[p + "attn_norm.weight"],
-                    h + "post_attention_layernorm.weight": sd[p + "mlp_norm.weight"]})
-    return out
+
+@pytest.fixture
+def lit_folder(tmp_path):
+    from lit_gpt.checkpoint import save_lit_folder
+
+    config = Config.from_name("tiny", vocab_size=4096, init_std=0.3)  # the bundled tokenizer's vocabulary
+    torch.manual_seed(0)
+    return save_lit_folder(GPT(config).state_dict(), config, tmp_path / "lit",
+                           tokenizer_dir=Path(__file__).resolve().parents[1] / "data" / "tokenizer")
+
+
+def test_generate_script(lit_folder, capsys):
+    from lit_gpt.checkpoint import load_model
+    from lit_gpt.tokenizer import Tokenizer
+    from scripts.generate import main
+
+    main(["--checkpoint", str(lit_folder), "--prompt", "The license", "--max_new_tokens", "12", "--device", "cpu"])
+    out, err = capsys.readouterr()
+    tok = Tokenizer(lit_folder)
+    ids = generate(load_model(lit_folder), tok.encode("The license", bos=True), 12, eos_id=tok.eos_id).tolist()
+    ids = ids[1:-1] if ids[-1] == tok.eos_id else ids[1:]
+    assert out.strip() == tok.decode(ids).strip() and out.startswith("The license")
+    assert "tokens/s" in err
+
+    def sampled(seed):
+        main(["--checkpoint", str(lit_folder), "--prompt", "The license", "--max_new_tokens", "12",
+              "--temperature", "1.0", "--top_p", "0.95", "--seed", str(seed), "--device", "cpu"])
+        return capsys.readouterr().out
+
+    assert sampled(3) == sampled(3) != sampled(4)
+
+
+def test_generate_script_errors(lit_folder, tmp_path):
+    from scripts.generate import main
+
+    (lit_folder / "tokenizer.model").unlink()
+    (lit_folder / "tokenizer_config.json").unlink()
+    with pytest.raises(SystemExit, match=f"error: {lit_folder}: no tokenizer"):
+        main(["--checkpoint", str(lit_folder), "--prompt", "x"])
+    with pytest.raises(SystemExit, match="error: .*checkpoint not found"):
+        main(["--checkpoint", str(tmp_path / "nope")])
+    with pytest.raises(SystemExit, match="error: top_p must be in"):
+        main(["--checkpoint", str(lit_folder), "--top_p", "0"])
