@@ -44,3 +44,10 @@ def test_train_throughput_rejects_unknown_model():
     assert proc.returncode != 0
     assert proc.stderr.strip().startswith("error: unknown config name 'nope'")
     assert "Traceback" not in proc.stderr
+
+
+def test_kernel_microbenchmarks_tiny():
+    out = run("kernels.py", "--tiny", "--no-compile")
+    for kernel in ("rms_norm", "add_rms_norm", "rope", "swiglu", "linear_cross_entropy"):
+        for impl in ("eager", "triton"):
+            assert re.search(rf"^\| {kernel} \| {impl} \| \d+\.\d+ \|", out, re.M), (kernel, impl)
