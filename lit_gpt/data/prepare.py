@@ -324,6 +324,9 @@ def prepare(source, split: str, tokenizer_dir: Union[str, Path], destination: Un
                 while len(pending) > max_pending:
                     if finish_one():
                         return
+            while pending and (pending[0][0] is None or pending[0][0].done()):  # commit what is ready now
+                if finish_one():
+                    return
         while pending:
             if finish_one():
                 return
