@@ -416,12 +416,12 @@ class Trainer:
             self.step += 1
             self.tokens_seen += self.tokens_per_step
             self.monitor.update(self.step, self.tokens_seen)
-            _fault_injection(self.step, fabric.global_rank)
 
             if self.step % args.log_interval == 0 or self.step in (1, self.max_steps):
                 self._log(loss_sum / self.accum, lr, grad_norm)
             if args.val_data_dir is not None and (self.step % args.eval_interval == 0 or self.step == self.max_steps):
                 self._validate()
+            _fault_injection(self.step, fabric.global_rank)
             stop = self._stop_requested()
             if self.step % args.save_interval == 0 or self.step == self.max_steps or stop:
                 self.save_checkpoint()

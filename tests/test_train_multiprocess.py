@@ -1,0 +1,95 @@
+"""Multi-process training on the CPU (gloo): 2 processes under FSDP2 and DDP, each with gradient accumulation 2, an
+uninterrupted run vs one SIGKILLed after step 5 (last checkpoint at step 4) and resumed: identical per-step losses
+(bit for bit) and identical final weights. And a 2-node run simulated with two `fabric run` processes on 127.0.0.1."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_gpt.trainer import latest_checkpoint
+from test_trainer import losses, write_random_chunks
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+FABRIC = str(Path(sys.executable).parent / "fabric")  # the `fabric` CLI installed with lightning
+
+
+def launch(argv: list[str], env_extra: dict[str, str] = {}, fabric_run: list[str] = (), timeout: int = 240):
+    """Runs pretrain/debug.py with plain python (Fabric starts the processes) or under `fabric run <flags>`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
+    script = str(ROOT / "pretrain" / "debug.py")
+    cmd = [FABRIC, "run", *fabric_run, script] if fabric_run else \
+        [sys.executable, script]
+    return subprocess.run([*cmd, *argv], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def args(data: Path, out: Path, *extra: str) -> list[str]:
+    # 2 processes x micro batch 2 x accumulation 2 = global batch 8; checkpoints at steps 4 and 8
+    return ["--model_name", "tiny", "--block_size", "64", "--train_data_dir", str(data), "--train_prefixes", "[train]",
+            "--val_data_dir", "null", "--out_dir", str(out), "--global_batch_size", "8", "--micro_batch_size", "2",
+            "--max_steps", "8", "--warmup_steps", "2", "--learning_rate", "1e-2", "--min_lr", "1e-3",
+            "--log_interval", "1", "--save_interval", "4", "--loggers", "[]", "--keep_last_k", "null", *extra]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_random_chunks(tmp_path_factory.mktemp("data") / "train", "train", 40_000)
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    from lit_gpt.checkpoint import load_model_state
+
+    return load_model_state(latest_checkpoint(out))
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
+def test_two_process_kill_and_resume_is_exact(data, tmp_path, strategy):
+    common = ["--accelerator", "cpu", "--devices", "2", "--strategy", strategy]
+    full = launch(args(data, tmp_path / "full", *common))
+    assert full.returncode == 0, full.stderr[-3000:]
+    assert f"strategy {strategy}, 2 processes" in full.stdout and "x 2 accumulation" in full.stdout
+    state = "state" if strategy == "fsdp" else "state.pth"
+    assert (latest_checkpoint(tmp_path / "full") / state).exists()  # sharded folder under FSDP, one file under DDP
+
+    killed = launch(args(data, tmp_path / "crash", *common), {"LIT_GPT_KILL_AFTER_STEP": "5"})
+    assert killed.returncode != 0
+    assert latest_checkpoint(tmp_path / "crash").name == "step-00000004"
+    assert losses(tmp_path / "crash")[-1][0] == 5  # step 5 ran, then everything died before a checkpoint
+
+    resumed = launch(args(data, tmp_path / "crash", *common, "--resume", "auto"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "at step 4" in resumed.stdout
+    expected = losses(tmp_path / "full")
+    assert [s for s, _ in expected] == list(range(1, 9))
+    assert losses(tmp_path / "crash") == expected  # bit-exact per-step losses (CSV holds repr of each float)
+    a, b = final_weights(tmp_path / "full"), final_weights(tmp_path / "crash")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_simulated_with_fabric_run(data, tmp_path):
+    """Two `fabric run` launches with --num_nodes 2 --node_rank 0/1 --main_address 127.0.0.1, one CPU device each."""
+    port = str(free_port())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = []
+    for node_rank in (0, 1):
+        cmd = [FABRIC, "run", "--accelerator", "cpu", "--devices", "1",
+               "--num_nodes", "2", "--node_rank", str(node_rank), "--main_address", "127.0.0.1", "--main_port", port,
+               str(ROOT / "pretrain" / "debug.py"), *args(data, tmp_path / "out", "--max_steps", "3")]
+        procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "strategy fsdp, 2 processes (2 node(s))" in outputs[0]
+    assert [s for s, _ in losses(tmp_path / "out")] == [1, 2, 3]
+    assert (latest_checkpoint(tmp_path / "out") / "state").is_dir()
