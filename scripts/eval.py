@@ -30,16 +30,15 @@ def batch_size(text: str):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", type=Path, required=True,
                    help="lit checkpoint folder, training step folder or out_dir (converted to a temporary Hugging "
                         "Face folder), or a Hugging Face Llama folder (evaluated as is)")
-    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated lm-eval task names")
+    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated lm-eval task names (default: the seed suite, %(default)s)")
     p.add_argument("--num_fewshot", type=int, default=None, help="few-shot examples (default: each task's own, 0)")
     p.add_argument("--limit", type=number, default=None,
                    help="examples per task (int >= 1) or a fraction of each task (float in (0, 1]); for quick checks")
-    p.add_argument("--batch_size", type=batch_size, default=1, help="lm-eval batch size, or 'auto'")
+    p.add_argument("--batch_size", type=batch_size, default=1, help="lm-eval batch size, or 'auto' (default: 1)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")

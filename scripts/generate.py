@@ -20,20 +20,22 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", type=Path, required=True,
                    help="lit checkpoint folder (lit_model.pth + model_config.json + tokenizer), a training step "
                         "folder, a training out_dir (its latest step) or a Hugging Face Llama folder")
-    p.add_argument("--prompt", default="", help="text to continue (BOS is prepended when the tokenizer has one)")
-    p.add_argument("--max_new_tokens", type=int, default=100, help="most tokens to generate (also capped by block_size)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding; > 0 samples")
+    p.add_argument("--prompt", default="",
+                   help="text to continue (BOS is prepended when the tokenizer has one; default: empty)")
+    p.add_argument("--max_new_tokens", type=int, default=100,
+                   help="most tokens to generate, also capped by block_size (default: 100)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding (default); > 0 samples")
     p.add_argument("--top_k", type=int, default=None, help="sample only among the k most likely tokens")
     p.add_argument("--top_p", type=float, default=None, help="nucleus sampling: smallest set reaching this probability")
     p.add_argument("--repetition_penalty", type=float, default=1.0,
-                   help="> 1 discourages tokens already in the text (CTRL/HF definition)")
-    p.add_argument("--seed", type=int, default=1234, help="random seed for sampling")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+                   help="> 1 discourages tokens already in the text (CTRL/HF definition; default: 1.0 = off)")
+    p.add_argument("--seed", type=int, default=1234, help="random seed for sampling (default: 1234)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)")
     return p.parse_args(argv)

@@ -21,12 +21,12 @@ def make_model(n_query_groups: int, seed: int = 0) -> GPT:
     return GPT(config).eval()
 
 
-def to_hf(model: GPT):
-    from lit_gpt.convert import lit_to_hf
+def to_hf(model: GPT, folder: Path):
+    """The converted model as a user gets it: save_hf_folder, then transformers' from_pretrained."""
+    from lit_gpt.convert import save_hf_folder
 
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**model.config.to_hf()))
-    hf.load_state_dict(lit_to_hf(model.state_dict(), model.config), strict=True)
-    return hf.eval()
+    save_hf_folder(model.state_dict(), model.config, folder)
+    return transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
 
 
 def hf_greedy(hf, prompt, max_new_tokens, eos_id=None, repetition_penalty=1.0) -> list[int]:
@@ -40,25 +40,25 @@ def hf_greedy(hf, prompt, max_new_tokens, eos_id=None, repetition_penalty=1.0) -
 
 @pytest.mark.parametrize("n_query_groups", [2, 4], ids=["gqa", "mha"])
 @pytest.mark.parametrize("repetition_penalty", [1.0, 1.5], ids=["plain", "rep_penalty"])
-def test_greedy_equals_uncached_and_hf(n_query_groups, repetition_penalty):
+def test_greedy_equals_uncached_and_hf(n_query_groups, repetition_penalty, tmp_path):
     model = make_model(n_query_groups)
     kw = dict(max_new_tokens=24, repetition_penalty=repetition_penalty)
     cached = generate(model, PROMPT, use_kv_cache=True, **kw).tolist()
     uncached = generate(model, PROMPT, use_kv_cache=False, **kw).tolist()
     assert cached[: len(PROMPT)] == PROMPT and len(cached) == len(PROMPT) + 24
     assert cached == uncached
-    assert cached == hf_greedy(to_hf(model), PROMPT, **kw)
+    assert cached == hf_greedy(to_hf(model, tmp_path / "hf"), PROMPT, **kw)
     assert len(set(cached[len(PROMPT):])) > 3  # a real continuation, not one token repeated
 
 
-def test_stops_at_eos_like_hf():
+def test_stops_at_eos_like_hf(tmp_path):
     model = make_model(2)
     free = generate(model, PROMPT, 12).tolist()
     eos = free[len(PROMPT) + 4]  # the 5th new token, first occurrence
     first = free.index(eos, len(PROMPT))
     out = generate(model, PROMPT, 12, eos_id=eos).tolist()
     assert out == free[: first + 1]
-    assert out == hf_greedy(to_hf(model), PROMPT, 12, eos_id=eos)
+    assert out == hf_greedy(to_hf(model, tmp_path / "hf"), PROMPT, 12, eos_id=eos)
 
 
 def test_respects_block_size():
