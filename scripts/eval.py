@@ -34,7 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path, required=True,
                    help="lit checkpoint folder, training step folder or out_dir (converted to a temporary Hugging "
                         "Face folder), or a Hugging Face Llama folder (evaluated as is)")
-    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated lm-eval task names (default: the seed suite, %(default)s)")
+    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
+                   help="comma-separated lm-eval task names (default: the seed suite, %(default)s)")
     p.add_argument("--num_fewshot", type=int, default=None, help="few-shot examples (default: each task's own, 0)")
     p.add_argument("--limit", type=number, default=None,
                    help="examples per task (int >= 1) or a fraction of each task (float in (0, 1]); for quick checks")

@@ -51,7 +51,8 @@ def main(argv=None) -> None:
             raise FileNotFoundError(f"{checkpoint}: no tokenizer.model or tokenizer.json in this checkpoint folder "
                                     "or its parents")
         tokenizer = Tokenizer(tokenizer_dir)
-        dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+        cuda = args.device.startswith("cuda")
+        dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if cuda else torch.float32)
         model = load_model(checkpoint, device=args.device, dtype=dtype)
         if tokenizer.vocab_size > model.config.vocab_size:
             raise ValueError(f"{tokenizer.path}: tokenizer has {tokenizer.vocab_size} tokens, more than the model's "
