@@ -26,10 +26,10 @@ setup(
     extras_require={
         "data": ["datasets>=2.18"],
         "hf": ["transformers>=4.44"],
-        "eval": ["lm-eval>=0.4.2", "transformers>=4.44"],
+        "eval": ["lm-eval>=0.4.2", "transformers>=4.44", "accelerate"],
         "plot": ["matplotlib"],
         "kernels": ["triton>=3.0"],
         "flash": ["flash-attn>=2.5"],
-        "test": ["pytest", "transformers>=4.44", "lm-eval>=0.4.2", "datasets>=2.18", "matplotlib", "triton>=3.0"],
+        "test": ["pytest", "transformers>=4.44", "lm-eval>=0.4.2", "accelerate", "datasets>=2.18", "matplotlib", "triton>=3.0"],
     },
 )
