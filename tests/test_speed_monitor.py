@@ -1,0 +1,54 @@
+"""ThroughputMonitor arithmetic on a synthetic clock, and the plot script on a real metrics.csv layout."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lit_gpt.speed_monitor import ThroughputMonitor
+from lit_gpt.utils import CSV_COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_throughput_mfu_eta_over_window():
+    mon = ThroughputMonitor(flops_per_token=1e9, world_size=4, peak=1e14, window=3)
+    mon.start(step=10, tokens_seen=10_000, now=100.0)  # e.g. after a resume at step 10
+    assert mon.compute(max_steps=20)["tokens_per_s"] is None
+    # 1000 tokens per step; steps take 1 s, then 2 s each
+    for i, t in enumerate([101.0, 102.0, 104.0, 106.0, 108.0], start=11):
+        mon.update(step=i, tokens_seen=i * 1000, now=t)
+    out = mon.compute(max_steps=20)
+    # window of 3 steps: steps 12 -> 15 took 6 s for 3000 tokens
+    assert out["tokens_per_s"] == pytest.approx(500.0)
+    assert out["tokens_per_s_per_device"] == pytest.approx(125.0)
+    assert out["mfu"] == pytest.approx(125.0 * 1e9 / 1e14)
+    assert out["eta_s"] == pytest.approx(5 * 2.0)  # 5 steps left at 2 s/step
+
+
+def test_no_peak_means_no_mfu():
+    mon = ThroughputMonitor(flops_per_token=1e9, world_size=1, peak=None)
+    mon.start(0, 0, now=0.0)
+    mon.update(1, 100, now=1.0)
+    out = mon.compute()
+    assert out["tokens_per_s"] == pytest.approx(100.0) and out["mfu"] is None and out["eta_s"] is None
+
+
+def test_plot_metrics_writes_png(tmp_path):
+    rows = [dict(step=s, tokens=s * 512, loss=8.0 - 0.1 * s, lr=1e-3, grad_norm=1.0, tokens_per_s=1000.0 + s,
+                 tokens_per_s_per_device=500.0, mfu=0.3, eta_s=10.0) for s in range(1, 11)]
+    rows.append(dict(step=10, tokens=5120, val_loss=7.0, val_ppl=1096.6))
+    with open(tmp_path / "metrics.csv", "w") as f:
+        f.write(",".join(CSV_COLUMNS) + "\n")
+        for r in rows:
+            f.write(",".join(str(r.get(c, "")) for c in CSV_COLUMNS) + "\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_metrics.py"), str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    png = (tmp_path / "metrics.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_metrics.py"), str(tmp_path / "nope")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 1 and missing.stderr.strip() == f"error: {tmp_path / 'nope'}: " \
+        "metrics file not found (train first, or point at a training out_dir)"
