@@ -13,6 +13,7 @@ Layouts `load_model_state` accepts (all give a plain `GPT.state_dict()`):
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ import torch
 
 from lit_gpt.config import Config
 from lit_gpt.model import GPT
+from lit_gpt.model_card import TRAIN_METADATA, read_training_metadata
 
 PathLike = Union[str, Path]
 LIT_WEIGHTS = "lit_model.pth"
@@ -282,9 +284,9 @@ def copy_tokenizer_files(src_dir: Optional[PathLike], dst_dir: PathLike) -> list
 
 def save_lit_folder(state_dict: dict[str, torch.Tensor], config: Config, out_dir: PathLike,
                     tokenizer_dir: Optional[PathLike] = None, overwrite: bool = False,
-                    dtype: Optional[torch.dtype] = None) -> Path:
-    """Writes a lit checkpoint folder (lit_model.pth, model_config.json, tokenizer files) atomically. The caller
-    checks the weights (`check_state_dict`) first."""
+                    dtype: Optional[torch.dtype] = None, training: Optional[dict] = None) -> Path:
+    """Writes a lit checkpoint folder (lit_model.pth, model_config.json, tokenizer files, and `training` progress
+    as train_metadata.json for the model card) atomically. The caller checks the weights (`check_state_dict`)."""
     state_dict = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
                   for k, v in state_dict.items()}
     if config.tie_embeddings:  # one shared tensor, stored once, as GPT.state_dict() has it
@@ -293,6 +295,8 @@ def save_lit_folder(state_dict: dict[str, torch.Tensor], config: Config, out_dir
         torch.save(state_dict, tmp / LIT_WEIGHTS)
         config.save(tmp / CONFIG_FILE)
         copy_tokenizer_files(tokenizer_dir, tmp)
+        if training:
+            (tmp / TRAIN_METADATA).write_text(json.dumps(training) + "\n")
     return Path(out_dir)
 
 
@@ -304,4 +308,5 @@ def consolidate(src: PathLike, dst_folder: PathLike, overwrite: bool = False,
     config = find_config(src)
     state_dict = load_model_state(src)
     check_state_dict(state_dict, config, src)
-    return save_lit_folder(state_dict, config, dst_folder, tokenizer_dir or find_tokenizer_dir(src), overwrite)
+    return save_lit_folder(state_dict, config, dst_folder, tokenizer_dir or find_tokenizer_dir(src), overwrite,
+                           training=read_training_metadata(src))

@@ -187,7 +187,10 @@ def test_load_model_state_every_layout(tmp_path, spm_dir):
     # consolidate a step into a lit folder, then load it as a model
     consolidate(out, tmp_path / "consolidated")
     assert sorted(p.name for p in (tmp_path / "consolidated").iterdir()) == [
-        "lit_model.pth", "model_config.json", "tokenizer.model"]
+        "lit_model.pth", "model_config.json", "tokenizer.model", "train_metadata.json"]
+    # the training progress travels with it, for the model card
+    assert json.loads((tmp_path / "consolidated" / "train_metadata.json").read_text()) == {
+        "step": 1000, "tokens_seen": 64000}
     loaded = load_model(tmp_path / "consolidated", dtype=torch.bfloat16)
     assert loaded.lm_head.weight is loaded.embed.weight and loaded.embed.weight.dtype == torch.bfloat16
     # an HF folder reads back as lit weights
