@@ -18,7 +18,7 @@ test: setup
 	$(PY) -m pytest tests -q
 
 demo: setup
-	bash scripts/demo.sh
+	VENV=$(VENV) bash scripts/demo.sh
 
 clean:
 	rm -rf out/demo

@@ -16,7 +16,7 @@ DEFAULTS = TrainArgs(
     block_size=128,
     global_batch_size=16,
     micro_batch_size=8,
-    max_steps=300,
+    max_steps=500,
     learning_rate=3e-3,
     min_lr=3e-4,
     warmup_steps=20,
@@ -26,7 +26,7 @@ DEFAULTS = TrainArgs(
     log_interval=10,
     eval_interval=100,
     eval_iters=8,
-    save_interval=100,
+    save_interval=250,
     keep_last_k=2,
 )
 

@@ -22,18 +22,18 @@ def plot(runs: list[Path], out: Path) -> Path:
     fig, (ax_loss, ax_speed) = plt.subplots(1, 2, figsize=(12, 4.5))
     for csv_path in runs:
         rows = read_metrics(csv_path)
-        label = csv_path.parent.name
+        label = f"{csv_path.parent.name} " if len(runs) > 1 else ""
         train = [r for r in rows if r["loss"] is not None]
         val = [r for r in rows if r["val_loss"] is not None]
-        ax_loss.plot([r["tokens"] for r in train], [r["loss"] for r in train], label=f"{label} train")
+        ax_loss.plot([r["tokens"] for r in train], [r["loss"] for r in train], label=f"{label}train")
         if val:
-            ax_loss.plot([r["tokens"] for r in val], [r["val_loss"] for r in val], "o--", label=f"{label} validation")
+            ax_loss.plot([r["tokens"] for r in val], [r["val_loss"] for r in val], "o--", label=f"{label}validation")
         speed = [r for r in train if r["tokens_per_s"] is not None]
-        ax_speed.plot([r["step"] for r in speed], [r["tokens_per_s"] for r in speed], label=f"{label} tokens/s")
+        ax_speed.plot([r["step"] for r in speed], [r["tokens_per_s"] for r in speed], label=f"{label}tokens/s")
         if any(r["mfu"] is not None for r in speed):
             ax_mfu = ax_speed.twinx()
             ax_mfu.plot([r["step"] for r in speed if r["mfu"] is not None],
-                        [100 * r["mfu"] for r in speed if r["mfu"] is not None], ":", label=f"{label} MFU")
+                        [100 * r["mfu"] for r in speed if r["mfu"] is not None], ":", label=f"{label}MFU")
             ax_mfu.set_ylabel("MFU (%)")
     ax_loss.set(xlabel="tokens", ylabel="cross-entropy loss", title="loss")
     ax_speed.set(xlabel="step", ylabel="tokens/s (all devices)", title="throughput")
