@@ -222,3 +222,17 @@ def test_activation_checkpointing_same_loss(tiny_data, tmp_path):
     run(tiny_args(tiny_data, tmp_path / "b", "--max_steps", "2", "--activation_checkpointing", "true"))
     la, lb = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert [s for s, _ in la] == [1, 2] and all(math.isclose(x, y, rel_tol=1e-6) for (_, x), (_, y) in zip(la, lb))
+
+
+def test_init_checkpoint_for_continued_pretraining(tiny_data, tmp_path):
+    """--init_checkpoint loads the weights (then fresh optimizer/data): with lr 0 one step leaves them untouched."""
+    from lit_gpt.checkpoint import load_model_state
+
+    run(tiny_args(tiny_data, tmp_path / "a", "--max_steps", "2"))
+    run(tiny_args(tiny_data, tmp_path / "b", "--max_steps", "1", "--learning_rate", "0", "--min_lr", "0",
+                  "--init_checkpoint", str(tmp_path / "a")))
+    a, b = load_model_state(tmp_path / "a"), load_model_state(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(tmp_path / "b")[0][1] < losses(tmp_path / "a")[0][1]  # starts where run a left off
+    expect_error(tiny_args(tiny_data, tmp_path / "c", "--model_name", "debug", "--block_size", "64",
+                           "--init_checkpoint", str(tmp_path / "a")), "weights do not match config 'debug'")
