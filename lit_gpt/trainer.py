@@ -404,7 +404,7 @@ class Trainer:
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=fabric.device)
             for micro in range(self.accum):
-                batch = next(train_iter).to(fabric.device, non_blocking=True)
+                batch = self._check_tokens(next(train_iter)).to(fabric.device, non_blocking=True)
                 x, y = batch[:, :-1], batch[:, 1:]
                 with fabric.no_backward_sync(self.model, enabled=micro < self.accum - 1):
                     loss = self.model(x, y)
@@ -435,6 +435,14 @@ class Trainer:
         if self.logger is not None:
             self.logger.close()
         fabric.barrier()
+
+    def _check_tokens(self, batch: torch.Tensor) -> torch.Tensor:
+        """Token ids beyond the vocabulary would crash the embedding with an opaque IndexError (or a CUDA assert)."""
+        top = int(batch.max())
+        if top >= self.config.vocab_size:
+            raise TrainError(f"{self.args.train_data_dir}: token id {top} >= the model's vocab_size "
+                             f"{self.config.vocab_size}: the data was tokenized for another model")
+        return batch
 
     def _clip_gradients(self) -> Optional[torch.Tensor]:
         if not self.args.grad_clip:

@@ -61,7 +61,10 @@ def test_two_process_kill_and_resume_is_exact(data, tmp_path, strategy):
     assert latest_checkpoint(tmp_path / "crash").name == "step-00000004"
     assert losses(tmp_path / "crash")[-1][0] == 5  # step 5 ran, then everything died before a checkpoint
 
-    resumed = launch(args(data, tmp_path / "crash", *common, "--resume", "auto"))
+    # resume under `fabric run`: FSDP with the launcher's flags before the script; DDP with them after the script,
+    # where `fabric run` starts one process and the script hands the launch of both back to Fabric
+    flags = ["--accelerator", "cpu", "--devices", "2"] if strategy == "fsdp" else ["--accelerator", "cpu"]
+    resumed = launch(args(data, tmp_path / "crash", *common, "--resume", "auto"), fabric_run=flags)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout and "at step 4" in resumed.stdout
     expected = losses(tmp_path / "full")

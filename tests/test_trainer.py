@@ -236,3 +236,8 @@ def test_init_checkpoint_for_continued_pretraining(tiny_data, tmp_path):
     assert losses(tmp_path / "b")[0][1] < losses(tmp_path / "a")[0][1]  # starts where run a left off
     expect_error(tiny_args(tiny_data, tmp_path / "c", "--model_name", "debug", "--block_size", "64",
                            "--init_checkpoint", str(tmp_path / "a")), "weights do not match config 'debug'")
+
+
+def test_error_tokens_beyond_vocab(tmp_path):
+    data = write_random_chunks(tmp_path / "big", "train", 5000, vocab=4096)
+    expect_error(tiny_args(data, tmp_path / "o"), "big: token id", ">= the model's vocab_size 512")
