@@ -78,6 +78,10 @@ class ThroughputMonitor:
         self.history.append((time.perf_counter() if now is None else now, step, tokens_seen))
         del self.history[: max(0, len(self.history) - self.window - 1)]
 
+    def exclude(self, seconds: float) -> None:
+        """Leaves `seconds` (validation, a checkpoint save) out of the measured time: past points move forward."""
+        self.history = [(t + seconds, s, n) for t, s, n in self.history]
+
     def compute(self, max_steps: Optional[int] = None) -> dict[str, Optional[float]]:
         """Returns tokens_per_s, tokens_per_s_per_device, mfu and eta_s (None where not yet measurable)."""
         out: dict[str, Optional[float]] = {"tokens_per_s": None, "tokens_per_s_per_device": None, "mfu": None,

@@ -419,6 +419,7 @@ class Trainer:
 
             if self.step % args.log_interval == 0 or self.step in (1, self.max_steps):
                 self._log(loss_sum / self.accum, lr, grad_norm)
+            paused = time.perf_counter()  # validation and checkpoints don't count against training throughput
             if args.val_data_dir is not None and (self.step % args.eval_interval == 0 or self.step == self.max_steps):
                 self._validate()
             _fault_injection(self.step, fabric.global_rank)
@@ -426,6 +427,7 @@ class Trainer:
             if self.step % args.save_interval == 0 or self.step == self.max_steps or stop:
                 self.save_checkpoint()
                 last_saved = self.step
+            self.monitor.exclude(time.perf_counter() - paused)
             if stop:
                 fabric.print(f"stopped by {self.stop_signal or 'a signal on another rank'} at step {self.step}; "
                              f"continue with --resume auto --out_dir {self.out_dir}")
@@ -541,10 +543,13 @@ class Trainer:
         if fabric.global_rank == 0:
             self.config.save(tmp / "model_config.json")
             fsync_tree(tmp)
-            if final.exists():  # re-saving a step (e.g. after a resume): the new copy replaces it
-                shutil.rmtree(final)
+            old = final.with_name(final.name + ".old")
+            if final.exists():  # re-saving a step: move the old copy aside first so one always exists
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
             os.replace(tmp, final)
             fsync_tree(final.parent, recursive=False)
+            shutil.rmtree(old, ignore_errors=True)
             _prune_checkpoints(self.out_dir / CHECKPOINTS, self.args.keep_last_k)
         fabric.barrier()
         fabric.print(f"saved checkpoint {final}")
@@ -553,6 +558,9 @@ class Trainer:
     def _resume_path(self) -> Optional[Path]:
         resume = self.args.resume
         if resume is None:
+            if latest_checkpoint(self.out_dir) is not None:
+                raise TrainError(f"{self.out_dir / CHECKPOINTS}: holds checkpoints of an earlier run; continue it with "
+                                 f"--resume auto, or pick a new --out_dir")
             return None
         if resume == "auto":
             latest = latest_checkpoint(self.out_dir)
@@ -645,7 +653,7 @@ def _read_metadata(path: Path) -> dict[str, Any]:
     """The non-tensor entries of a checkpoint (step, model_config, world_size...) without loading the weights."""
     file = path / "state" / "meta.pt" if (path / "state").is_dir() else path / "state.pth"
     try:
-        obj = torch.load(file, map_location="cpu", weights_only=False, mmap=file.name == "state.pth")
+        obj = torch.load(file, map_location="cpu", weights_only=True, mmap=file.name == "state.pth")
     except Exception as e:
         raise TrainError(f"{file}: unreadable checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
     return {k: v for k, v in obj.items() if k in ("step", "model_config", "world_size")}

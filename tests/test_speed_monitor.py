@@ -52,3 +52,15 @@ def test_plot_metrics_writes_png(tmp_path):
                              capture_output=True, text=True)
     assert missing.returncode == 1 and missing.stderr.strip() == f"error: {tmp_path / 'nope'}: " \
         "metrics file not found (train first, or point at a training out_dir)"
+
+
+def test_excluded_pause_does_not_count():
+    """A 10 s validation/checkpoint pause after step 2 leaves tokens/s at the training rate."""
+    mon = ThroughputMonitor(flops_per_token=1.0, world_size=1, peak=None, window=10)
+    mon.start(0, 0, now=0.0)
+    mon.update(1, 100, now=1.0)
+    mon.update(2, 200, now=2.0)
+    mon.exclude(10.0)
+    mon.update(3, 300, now=13.0)
+    assert mon.compute(max_steps=4)["tokens_per_s"] == pytest.approx(100.0)
+    assert mon.compute(max_steps=4)["eta_s"] == pytest.approx(1.0)

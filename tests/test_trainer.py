@@ -136,6 +136,8 @@ def test_keep_last_k_and_unfinished_checkpoint_ignored(tiny_data, tmp_path):
     (out / "checkpoints" / "step-00000007.tmp").mkdir()
     (out / "checkpoints" / "step-00000007.tmp" / "state.pth").write_bytes(b"partial")
     assert latest_checkpoint(out).name == "step-00000006"
+    # a fresh run (no --resume) into that out_dir is refused rather than mixing two runs' checkpoints
+    expect_error(tiny_args(tiny_data, out), "holds checkpoints of an earlier run", "--resume auto")
 
 
 def test_cosine_lr_schedule():
