@@ -31,7 +31,7 @@ import torch.nn as nn
 from lit_gpt.config import Config
 from lit_gpt.model import GPT
 from lit_gpt.speed_monitor import ThroughputMonitor, peak_flops
-from lit_gpt.utils import MetricsLogger, TrainError, format_duration, fsync_tree
+from lit_gpt.utils import MetricsLogger, TrainError, check_loggers, format_duration, fsync_tree
 
 CHECKPOINTS = "checkpoints"
 _STEP_PREFIX = "step-"
@@ -172,6 +172,7 @@ def train(args: TrainArgs) -> None:
     import lightning as L
 
     args = _apply_fabric_run_env(args)
+    check_loggers(args.loggers)
     config = _model_config(args)
     block_size = args.block_size or config.block_size
     if block_size > config.block_size:

@@ -28,9 +28,7 @@ class MetricsLogger:
 
     def __init__(self, out_dir: Path, loggers: list[str], hparams: dict[str, Any], resume_step: int = 0,
                  wandb_project: str = "lit_gpt") -> None:
-        unknown = set(loggers) - {"tensorboard", "wandb", "csv"}
-        if unknown:
-            raise TrainError(f"unknown logger(s) {sorted(unknown)}: choose from tensorboard, wandb (csv is always on)")
+        check_loggers(loggers)
         self.path = Path(out_dir) / METRICS_CSV
         self._truncate(resume_step)
         new = not self.path.exists()
@@ -46,10 +44,8 @@ class MetricsLogger:
                                     else None)
         self.wandb = None
         if "wandb" in loggers:
-            try:
-                import wandb
-            except ImportError:
-                raise TrainError("the wandb logger needs `pip install wandb`") from None
+            import wandb
+
             self.wandb = wandb.init(project=wandb_project, dir=str(out_dir), config=hparams, resume="allow",
                                     id=_wandb_id(out_dir))
 
@@ -85,6 +81,18 @@ class MetricsLogger:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def check_loggers(loggers: list[str]) -> None:
+    """Fails early (before any process waits on another) on an unknown logger or a missing wandb package."""
+    unknown = set(loggers) - {"tensorboard", "wandb", "csv"}
+    if unknown:
+        raise TrainError(f"unknown logger(s) {sorted(unknown)}: choose from tensorboard, wandb (csv is always on)")
+    if "wandb" in loggers:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise TrainError("the wandb logger needs `pip install wandb`") from None
 
 
 def _wandb_id(out_dir: Path) -> str:

@@ -243,3 +243,11 @@ def test_init_checkpoint_for_continued_pretraining(tiny_data, tmp_path):
 def test_error_tokens_beyond_vocab(tmp_path):
     data = write_random_chunks(tmp_path / "big", "train", 5000, vocab=4096)
     expect_error(tiny_args(data, tmp_path / "o"), "big: token id", ">= the model's vocab_size 512")
+
+
+def test_error_unknown_or_missing_logger(tiny_data, tmp_path):
+    expect_error(tiny_args(tiny_data, tmp_path / "a", "--loggers", "[mlflow]"), "unknown logger(s) ['mlflow']")
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        expect_error(tiny_args(tiny_data, tmp_path / "b", "--loggers", "[wandb]"), "pip install wandb")
