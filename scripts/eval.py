@@ -1,8 +1,8 @@
 """lm-eval on a lit checkpoint or a Hugging Face folder; prints the seed tables' Markdown row, writes the full JSON.
 
-    python scripts/eval.py --checkpoint out/microllama/final                     # the 7-task seed suite
+    python scripts/eval.py --checkpoint out/microllama                     # the 7-task seed suite
     python scripts/eval.py --checkpoint out/microllama --tasks arc_easy,piqa --limit 200
-    python scripts/eval.py --checkpoint out/tiny/final --include_path tests/tasks --tasks tiny_mc
+    python scripts/eval.py --checkpoint out/demo/train --include_path tests/tasks --tasks tiny_mc
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Prompt -> text from a lit checkpoint, with the KV cache; prints the text and the decoding speed.
 
-    python scripts/generate.py --checkpoint out/microllama/final --prompt "Once upon a time" --max_new_tokens 100
+    python scripts/generate.py --checkpoint out/microllama --prompt "Once upon a time" --max_new_tokens 100
     python scripts/generate.py --checkpoint out/microllama --temperature 0.8 --top_k 50 --top_p 0.95 --seed 42
 """
 
