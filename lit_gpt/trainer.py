@@ -9,17 +9,24 @@ Checkpoints: `out_dir/checkpoints/step-XXXXXXXX/` holding `state.pth` (one devic
 torch.distributed.checkpoint folder) with the model under "model", the optimizer, step, tokens_seen, each rank's data
 loader position and RNG state; written to `step-XXXXXXXX.tmp` and renamed once complete, so a crash mid-save leaves
 the previous checkpoint intact. `--resume auto` continues from the newest complete one.
+
+lm-eval during training (`--lm_eval_interval N`, a multiple of save_interval): right after the checkpoint of every
+N-th step is saved, rank 0 scores it with `lit_gpt.evaluate.evaluate_checkpoint` in a child process while the other
+ranks wait at a barrier; the results go to the metrics (`lm_eval/<task>`) and `eval_results.json` in that step folder.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
@@ -29,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from lit_gpt.config import Config
+from lit_gpt.evaluate import DEFAULT_TASKS
 from lit_gpt.model import GPT
 from lit_gpt.speed_monitor import ThroughputMonitor, peak_flops
 from lit_gpt.utils import MetricsLogger, TrainError, check_loggers, format_duration, fsync_tree
@@ -138,6 +146,20 @@ class TrainArgs:
     peak_tflops: Optional[float] = None
     """Per-device peak TFLOP/s for MFU (default: the bf16 table in lit_gpt/speed_monitor.py; unknown on CPU)."""
 
+    # ---- lm-eval on intermediate checkpoints (off by default) ----
+    lm_eval_interval: Optional[int] = None
+    """Score the checkpoint of every this many steps with lm-eval (a multiple of save_interval; None: off)."""
+    lm_eval_tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
+    """lm-eval task names (default: the seed tables' 7 tasks)."""
+    lm_eval_limit: Optional[float] = None
+    """Examples per task (>= 1) or a fraction of each task (< 1); None: all (slow for big tasks)."""
+    lm_eval_num_fewshot: Optional[int] = None
+    """Few-shot examples (default: each task's own, 0 for the seed tasks)."""
+    lm_eval_batch_size: Union[int, str] = 1
+    """lm-eval batch size, or 'auto'."""
+    lm_eval_include_path: Optional[Path] = None
+    """Folder of extra lm-eval task YAMLs (local or offline tasks, e.g. tests/tasks)."""
+
 
 # ==== command line ===================================================================================================
 def cli(defaults: TrainArgs, argv: Optional[list[str]] = None, description: Optional[str] = None) -> None:
@@ -173,6 +195,7 @@ def train(args: TrainArgs) -> None:
 
     args = _apply_fabric_run_env(args)
     check_loggers(args.loggers)
+    _check_lm_eval_args(args)
     config = _model_config(args)
     block_size = args.block_size or config.block_size
     if block_size > config.block_size:
@@ -230,9 +253,7 @@ def _apply_fabric_run_env(args: TrainArgs) -> TrainArgs:
     os.environ.pop("LT_CLI_USED")
     single = os.environ.get("WORLD_SIZE", "1") == "1"
     if single and env["devices"] == "1" and str(args.devices) not in ("1", "auto"):
-        for k in [k for k in os.environ if k.startswith("TORCHELASTIC_")] + [
-                "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
-                "GROUP_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"]:
+        for k in [k for k in os.environ if k.startswith("TORCHELASTIC_")] + list(_LAUNCHER_ENV):
             os.environ.pop(k, None)
         env["devices"] = None
         if env["num_nodes"] == "1":
@@ -249,6 +270,37 @@ def _apply_fabric_run_env(args: TrainArgs) -> TrainArgs:
     if env["precision"]:
         updates["precision"] = env["precision"]
     return replace(args, **updates)
+
+
+_LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
+                 "GROUP_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _check_lm_eval_args(args: TrainArgs) -> None:
+    """Refuses a periodic lm-eval setup that would only fail hours into the run (no lm-eval, unknown task...)."""
+    if args.lm_eval_interval is None:
+        return
+    if args.lm_eval_interval <= 0 or args.lm_eval_interval % args.save_interval:
+        raise TrainError(f"lm_eval_interval {args.lm_eval_interval} must be a positive multiple of save_interval "
+                         f"{args.save_interval} (lm-eval scores the checkpoint saved at that step)")
+    if args.keep_last_k == 0:
+        raise TrainError("lm_eval_interval needs keep_last_k >= 1 or null (0 deletes the checkpoint it scores)")
+    if args.tokenizer_dir is None and not ((Path(args.out_dir) / "tokenizer.model").is_file()
+                                           or (Path(args.out_dir) / "tokenizer.json").is_file()):
+        raise TrainError("lm_eval_interval needs --tokenizer_dir (lm-eval tokenizes the tasks' text)")
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise TrainError("lm_eval_interval needs lm-eval: pip install -e '.[eval]'") from None
+    from lit_gpt.evaluate import check_limit, check_tasks, task_manager
+
+    try:
+        check_limit(args.lm_eval_limit)
+        include = [args.lm_eval_include_path] if args.lm_eval_include_path else None
+        check_tasks(args.lm_eval_tasks, task_manager(include))
+    except (FileNotFoundError, ValueError) as e:
+        raise TrainError(f"lm_eval: {e}".replace("--limit", "--lm_eval_limit").replace(
+            "--include_path", "--lm_eval_include_path")) from None
 
 
 def _num_devices(devices: Union[int, str], accelerator: str) -> int:
@@ -426,8 +478,10 @@ class Trainer:
             _fault_injection(self.step, fabric.global_rank)
             stop = self._stop_requested()
             if self.step % args.save_interval == 0 or self.step == self.max_steps or stop:
-                self.save_checkpoint()
+                step_dir = self.save_checkpoint()
                 last_saved = self.step
+                if args.lm_eval_interval and self.step % args.lm_eval_interval == 0 and not stop:
+                    self._lm_eval(step_dir)
             self.monitor.exclude(time.perf_counter() - paused)
             if stop:
                 fabric.print(f"stopped by {self.stop_signal or 'a signal on another rank'} at step {self.step}; "
@@ -497,6 +551,29 @@ class Trainer:
                              "val_ppl": math.exp(min(val_loss, 50))})
         fabric.print(f"step {self.step} | validation loss {val_loss:.4f} (ppl {math.exp(min(val_loss, 50)):.1f}, "
                      f"{count} batches/device)")
+
+    def _lm_eval(self, step_dir: Path) -> None:
+        """Rank 0 scores the checkpoint just saved with lm-eval in a child process, the other ranks wait. A child,
+        not a call in this process: lm-eval seeds random/numpy/torch and its `hf` model starts its own distributed
+        setup from the launcher's environment, and reading a sharded checkpoint here would issue collectives the
+        other ranks never join. A failed evaluation is reported and training goes on."""
+        fabric = self.fabric
+        if fabric.global_rank == 0:
+            t0 = time.perf_counter()
+            report, error = run_lm_eval_child(step_dir, self.args, fabric.device)
+            took = format_duration(time.perf_counter() - t0)
+            if error is not None:
+                fabric.print(f"step {self.step} | lm-eval failed after {took}, training goes on: {error}")
+            else:
+                values = {f"lm_eval/{task}": s["value"] for task, s in report["summary"].items()}
+                if report["average"] is not None:
+                    values["lm_eval/avg"] = report["average"]
+                if self.logger is not None:
+                    self.logger.log({"step": self.step, "tokens": self.tokens_seen, **values})
+                scores = ", ".join(f"{task} {s['metric']} {100 * s['value']:.2f}"
+                                   for task, s in report["summary"].items())
+                fabric.print(f"step {self.step} | lm-eval {scores} ({took}) -> {report['output']}")
+        fabric.barrier()
 
     # ---- signals ----
     def _install_signal_handlers(self) -> dict:
@@ -672,6 +749,40 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def run_lm_eval_child(step_dir: Path, args: TrainArgs, device: torch.device) -> tuple[Optional[dict], Optional[str]]:
+    """Runs `evaluate_checkpoint` on `step_dir` in a fresh single-process Python (launcher variables removed), its
+    output logged to `step_dir/lm_eval.log`. Returns (report, None) or (None, the one-line error)."""
+    from lit_gpt.evaluate import RESULTS_FILE, load_results
+
+    limit = args.lm_eval_limit
+    kwargs = {"checkpoint": str(step_dir), "tasks": list(args.lm_eval_tasks), "num_fewshot": args.lm_eval_num_fewshot,
+              "limit": int(limit) if limit is not None and limit >= 1 else limit,
+              "batch_size": args.lm_eval_batch_size, "device": str(device),
+              "include_path": [str(args.lm_eval_include_path)] if args.lm_eval_include_path else None}
+    env = {k: v for k, v in os.environ.items()
+           if k not in _LAUNCHER_ENV and not k.startswith(("TORCHELASTIC_", "LT_"))}
+    log = step_dir / "lm_eval.log"
+    with open(log, "w") as f:
+        proc = subprocess.run([sys.executable, "-c", "from lit_gpt.trainer import _lm_eval_main; _lm_eval_main()",
+                               json.dumps(kwargs)], stdout=f, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        lines = log.read_text(errors="replace").strip().splitlines()
+        reason = lines[-1] if lines else f"exit status {proc.returncode}"
+        return None, f"{reason.removeprefix('error: ')} (log: {log})"
+    return load_results(step_dir / RESULTS_FILE), None
+
+
+def _lm_eval_main() -> None:
+    """The child process of `run_lm_eval_child`: evaluate_checkpoint(**json argv[1]); errors end in one line."""
+    from lit_gpt.evaluate import evaluate_checkpoint
+
+    try:
+        evaluate_checkpoint(**json.loads(sys.argv[1]))
+    except Exception as e:
+        traceback.print_exc()  # into the log, for the unexpected cases; the parent reports the last line
+        sys.exit(f"error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
 
 
 def _fault_injection(step: int, rank: int) -> None:

@@ -24,18 +24,16 @@ class MetricsLogger:
 
     On a resume the CSV keeps only the rows up to the resumed step (steps after the last checkpoint were lost with
     the crash and get logged again), so the file reads as one uninterrupted run. Floats are written with repr, exact.
+    A metric name not among the columns yet (e.g. `lm_eval/<task>`) adds a column: the file is rewritten once.
     """
 
     def __init__(self, out_dir: Path, loggers: list[str], hparams: dict[str, Any], resume_step: int = 0,
                  wandb_project: str = "lit_gpt") -> None:
         check_loggers(loggers)
         self.path = Path(out_dir) / METRICS_CSV
+        self.columns = list(CSV_COLUMNS)
         self._truncate(resume_step)
-        new = not self.path.exists()
-        self.file = open(self.path, "a", newline="")
-        self.writer = csv.DictWriter(self.file, fieldnames=CSV_COLUMNS)
-        if new:
-            self.writer.writeheader()
+        self._open()
         self.tb = None
         if "tensorboard" in loggers:
             from torch.utils.tensorboard import SummaryWriter
@@ -49,14 +47,26 @@ class MetricsLogger:
             self.wandb = wandb.init(project=wandb_project, dir=str(out_dir), config=hparams, resume="allow",
                                     id=_wandb_id(out_dir))
 
+    def _open(self) -> None:
+        new = not self.path.exists()
+        self.file = open(self.path, "a", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=self.columns)
+        if new:
+            self.writer.writeheader()
+
     def _truncate(self, resume_step: int) -> None:
         if not self.path.exists():
             return
         with open(self.path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+            reader = csv.DictReader(f)
+            rows = [r for r in reader if int(r["step"]) <= resume_step]
+            self.columns += [c for c in reader.fieldnames or [] if c not in self.columns]
+        self._rewrite(rows)
+
+    def _rewrite(self, rows: list[dict[str, str]]) -> None:
         tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
         with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=self.columns)
             writer.writeheader()
             writer.writerows(rows)
             f.flush()
@@ -64,7 +74,15 @@ class MetricsLogger:
         os.replace(tmp, self.path)
 
     def log(self, metrics: dict[str, Any]) -> None:
-        self.writer.writerow({k: ("" if metrics.get(k) is None else repr(metrics[k])) for k in CSV_COLUMNS})
+        added = [k for k in metrics if k not in self.columns]
+        if added:  # a metric not seen before (e.g. lm_eval/<task>): widen the header, keeping the rows
+            self.file.close()
+            with open(self.path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            self.columns += added
+            self._rewrite(rows)
+            self._open()
+        self.writer.writerow({k: ("" if metrics.get(k) is None else repr(metrics[k])) for k in self.columns})
         self.file.flush()
         step = metrics["step"]
         values = {k: v for k, v in metrics.items() if k != "step" and isinstance(v, (int, float))

@@ -14,7 +14,8 @@ import torch
 
 from lit_gpt import GPT, Config
 from lit_gpt.checkpoint import (
-    consolidate, find_config, find_tokenizer_dir, load_model, load_model_state, save_lit_folder,
+    consolidate, copy_tokenizer_files, find_config, find_tokenizer_dir, load_model, load_model_state,
+    save_lit_folder,
 )
 from lit_gpt.convert import hf_to_lit, lit_to_hf, load_hf_folder, parse_size, save_hf_folder
 from lit_gpt.tokenizer import Tokenizer
@@ -325,6 +326,10 @@ def test_sharded_fsdp2_checkpoint_consolidates_on_cpu(tmp_path, capfd):
     consolidate(step, tmp_path / "lit")
     model = load_model(tmp_path / "lit")
     assert torch.equal(model.blocks[1].mlp.down.weight, reference["blocks.1.mlp.down.weight"])
+    run_main("consolidate.py", tmp_path / "run")  # the CLI: sharded newest step -> run/consolidated
+    assert "(step 1): sharded FSDP checkpoint, 2 shards" in capfd.readouterr().out
+    consolidated = load_model_state(tmp_path / "run" / "consolidated")
+    assert all(torch.equal(consolidated[k], v) for k, v in reference.items())
 
     # damaged shards or metadata: one clear error, no tracebacks logged on the way
     capfd.readouterr()
@@ -336,3 +341,47 @@ def test_sharded_fsdp2_checkpoint_consolidates_on_cpu(tmp_path, capfd):
     with pytest.raises(ValueError, match=r"unreadable distributed checkpoint, .metadata is corrupt"):
         load_model_state(step)
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_consolidate_script(tmp_path, spm_dir):
+    """scripts/consolidate.py on a training out_dir (single-file state.pth with optimizer state): the newest step
+    becomes out_dir/consolidated with the exact weights, config, tokenizer and progress; one-line errors otherwise."""
+    model = random_gpt(3)
+    run = tmp_path / "run"
+    for step, seed in ((2, 1), (4, 3)):  # two checkpoints: the newest one is consolidated
+        step_dir = run / "checkpoints" / f"step-{step:08d}"
+        step_dir.mkdir(parents=True)
+        weights = random_gpt(seed).state_dict()
+        opt = torch.optim.AdamW(model.parameters())
+        torch.save({"model": weights, "optimizer": opt.state_dict(), "step": step, "tokens_seen": step * 512},
+                   step_dir / "state.pth")
+        model.config.save(step_dir / "model_config.json")
+    copy_tokenizer_files(spm_dir, run)
+    script = [sys.executable, str(ROOT / "scripts" / "consolidate.py")]
+    proc = subprocess.run([*script, run], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = run / "consolidated"
+    assert f"reading {run / 'checkpoints' / 'step-00000004'} (step 4, 2,048 tokens seen): single-file" in proc.stdout
+    assert f"wrote {out}: lit_model.pth (" in proc.stdout and "tokenizer.model" in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["lit_model.pth", "model_config.json", "tokenizer.model",
+                                                     "train_metadata.json"]
+    loaded = load_model(out)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert json.loads((out / "train_metadata.json").read_text()) == {"step": 4, "tokens_seen": 2048}
+    assert set(torch.load(out / "lit_model.pth", weights_only=True)) == set(model.state_dict())  # no optimizer
+
+    # an existing output is refused (and left alone) unless --overwrite; a given step and output folder
+    before = (out / "lit_model.pth").read_bytes()
+    with pytest.raises(SystemExit, match=f"^error: {out}: output folder exists and is not empty \\(pass --overwrite"):
+        run_main("consolidate.py", run)
+    assert (out / "lit_model.pth").read_bytes() == before
+    run_main("consolidate.py", run / "checkpoints" / "step-00000002" / "state.pth", out, "--overwrite")
+    expected = random_gpt(1).state_dict()
+    assert all(torch.equal(load_model(out).state_dict()[k], v) for k, v in expected.items())
+    # missing checkpoints: exit status 1, one line, no traceback
+    proc = subprocess.run([*script, tmp_path / "nope"], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert_one_line_error(proc, f"error: {tmp_path / 'nope'}: checkpoint not found")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match=f"^error: {tmp_path / 'empty'}: no checkpoint in this folder"):
+        run_main("consolidate.py", tmp_path / "empty")

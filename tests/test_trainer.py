@@ -251,3 +251,61 @@ def test_error_unknown_or_missing_logger(tiny_data, tmp_path):
         import wandb  # noqa: F401
     except ImportError:
         expect_error(tiny_args(tiny_data, tmp_path / "b", "--loggers", "[wandb]"), "pip install wandb")
+
+
+# ---- lm-eval during training ----------------------------------------------------------------------
+def tiny_4096_args(data: Path, out: Path, config: Path, *extra: str) -> list[str]:
+    """tiny_args with the bundled 4096-piece tokenizer (lm-eval tokenizes the task text with it)."""
+    return tiny_args(data, out, "--model_config", str(config), "--tokenizer_dir", str(ROOT / "data" / "tokenizer"),
+                     *extra)
+
+
+@pytest.fixture(scope="module")
+def tiny_4096(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("data4096")
+    config = folder / "tiny4096.json"
+    config.write_text(json.dumps({"name": "tiny4096", "block_size": 64, "vocab_size": 4096, "n_layer": 2,
+                                  "n_embd": 32, "n_head": 4, "n_query_groups": 2, "intermediate_size": 88}))
+    return write_random_chunks(folder / "train", "train", 20_000, vocab=4096), config
+
+
+@pytest.mark.slow  # ~40 s on 2 cores: lm-eval indexes its task YAMLs twice (startup check, child process)
+def test_lm_eval_during_training_logs_and_leaves_training_untouched(tiny_4096, tmp_path):
+    """--lm_eval_interval 2 (save_interval 2, 3 steps): the step-2 checkpoint is scored on tests/tasks/tiny_mc,
+    the score lands in metrics.csv as lm_eval/tiny_mc and eval_results.json in that step folder; the per-step
+    losses (step 3 comes after the evaluation) equal a run without it, bit for bit."""
+    from lit_gpt.evaluate import load_results
+
+    data, config = tiny_4096
+    base = ["--max_steps", "3", "--save_interval", "2"]
+    run(tiny_4096_args(data, tmp_path / "plain", config, *base))
+    run(tiny_4096_args(data, tmp_path / "eval", config, *base, "--lm_eval_interval", "2", "--lm_eval_tasks",
+                       "[tiny_mc]", "--lm_eval_include_path", str(ROOT / "tests" / "tasks"), "--lm_eval_limit", "8",
+                       "--lm_eval_batch_size", "8"))
+    assert losses(tmp_path / "eval") == losses(tmp_path / "plain") and len(losses(tmp_path / "plain")) == 3
+    step2 = tmp_path / "eval" / "checkpoints" / "step-00000002"
+    report = load_results(step2 / "eval_results.json")
+    assert report["checkpoint"] == str(step2) and report["lm_eval"]["n-samples"]["tiny_mc"]["effective"] == 8
+    value = report["summary"]["tiny_mc"]["value"]
+    assert report["summary"]["tiny_mc"]["metric"] == "acc_norm" and 0.0 <= value <= 1.0
+    assert value == report["lm_eval"]["results"]["tiny_mc"]["acc_norm,none"]
+    rows = [r for r in read_metrics(tmp_path / "eval" / "metrics.csv") if r.get("lm_eval/tiny_mc") is not None]
+    assert [(r["step"], r["lm_eval/tiny_mc"], r["lm_eval/avg"]) for r in rows] == [(2, value, value)]
+    assert not (tmp_path / "eval" / "checkpoints" / "step-00000003" / "eval_results.json").exists()
+
+
+def test_lm_eval_args_errors(tiny_4096, tmp_path, monkeypatch):
+    data, config = tiny_4096
+    tasks = ["--lm_eval_include_path", str(ROOT / "tests" / "tasks"), "--lm_eval_tasks", "[tiny_mc]"]
+    expect_error(tiny_4096_args(data, tmp_path / "a", config, "--lm_eval_interval", "2", *tasks),
+                 "lm_eval_interval 2 must be a positive multiple of save_interval 3")
+    expect_error(tiny_args(data, tmp_path / "b", "--lm_eval_interval", "3", *tasks),
+                 "lm_eval_interval needs --tokenizer_dir")
+    expect_error(tiny_4096_args(data, tmp_path / "c", config, "--lm_eval_interval", "3", *tasks[:2],
+                                "--lm_eval_tasks", "[tiny_mc, no_such_task]"), "unknown task(s): no_such_task")
+    expect_error(tiny_4096_args(data, tmp_path / "d", config, "--lm_eval_interval", "3", "--lm_eval_include_path",
+                                str(tmp_path / "nope")), "nope: --lm_eval_include_path folder not found")
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if lm-eval were not installed
+    expect_error(tiny_4096_args(data, tmp_path / "e", config, "--lm_eval_interval", "3", *tasks),
+                 "lm_eval_interval needs lm-eval: pip install")
+    assert not (tmp_path / "a").exists()  # refused before anything was written

@@ -1,0 +1,100 @@
+"""Consolidate a training checkpoint (FSDP sharded state/ or single-file state.pth) into one lit checkpoint folder.
+
+    python scripts/consolidate.py out/microllama                          # newest step -> out/microllama/consolidated
+    python scripts/consolidate.py out/microllama/checkpoints/step-00010000 out/microllama-10k --overwrite
+
+The output folder holds lit_model.pth (the model weights only, one file), model_config.json, the tokenizer files and
+train_metadata.json (step, tokens seen); every lit_gpt tool (generate, eval, convert_lit_to_hf) reads it. It is
+written to a temporary sibling folder and renamed at the end, so an interrupted run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from lit_gpt.checkpoint import (
+    LIT_WEIGHTS, check_output_folder, consolidate, find_tokenizer_dir, resolve_checkpoint,
+)
+from lit_gpt.model_card import read_training_metadata
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", type=Path,
+                   help="training out_dir (its newest step), a step folder, its state/ folder or a state.pth file")
+    p.add_argument("out_dir", type=Path, nargs="?", default=None,
+                   help="lit checkpoint folder to create (default: 'consolidated' in the training out_dir)")
+    p.add_argument("--tokenizer_dir", type=Path, default=None,
+                   help="folder with tokenizer.model and/or tokenizer.json (default: found in the step folder, the "
+                        "checkpoints/ folder or the training out_dir)")
+    p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists and is not empty")
+    return p.parse_args(argv)
+
+
+def step_folder(checkpoint: Path) -> Path:
+    """The step folder of a resolved checkpoint path (state.pth and state/ live inside one)."""
+    return checkpoint.parent if checkpoint.name in ("state.pth", "state") else checkpoint
+
+
+def default_out_dir(checkpoint: Path) -> Path:
+    """`<training out_dir>/consolidated` for `<out_dir>/checkpoints/step-XXXXXXXX`, else `consolidated` beside it."""
+    step = step_folder(checkpoint)
+    run = step.parent.parent if step.parent.name == "checkpoints" else step.parent
+    return run / "consolidated"
+
+
+def describe(checkpoint: Path) -> str:
+    """What is about to be read: the layout, shard count and size on disk."""
+    step = step_folder(checkpoint)
+    if (step / "state").is_dir():
+        files = [f for f in (step / "state").iterdir() if f.is_file()]
+        shards = sum(f.suffix == ".distcp" for f in files)
+        return f"sharded FSDP checkpoint, {shards} shards, {mb(sum(f.stat().st_size for f in files))}"
+    if (step / "state.pth").is_file():
+        return f"single-file checkpoint, {mb((step / 'state.pth').stat().st_size)}"
+    return "checkpoint"
+
+
+def progress(checkpoint: Path) -> str:
+    meta = read_training_metadata(step_folder(checkpoint))
+    parts = [f"step {meta['step']:,}"] if "step" in meta else []
+    parts += [f"{meta['tokens_seen']:,} tokens seen"] if "tokens_seen" in meta else []
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def mb(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:,.1f} MB"
+
+
+def check_tokenizer_dir(folder: Optional[Path]) -> None:
+    if folder is not None and find_tokenizer_dir(folder) != folder:
+        raise FileNotFoundError(f"{folder}: no tokenizer.model or tokenizer.json in this folder")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        checkpoint = resolve_checkpoint(args.checkpoint)
+        out_dir = args.out_dir or default_out_dir(checkpoint)
+        check_output_folder(out_dir, args.overwrite)  # refuse before reading a large checkpoint
+        check_tokenizer_dir(args.tokenizer_dir)
+        print(f"reading {checkpoint}{progress(checkpoint)}: {describe(checkpoint)} (weights + optimizer state)")
+        consolidate(checkpoint, out_dir, overwrite=args.overwrite, tokenizer_dir=args.tokenizer_dir)
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    written = sorted(f for f in out_dir.iterdir() if f.is_file())
+    print(f"wrote {out_dir}: " + ", ".join(f"{f.name} ({mb(f.stat().st_size)})" if f.name == LIT_WEIGHTS else f.name
+                                           for f in written))
+    if not any(f.name in ("tokenizer.model", "tokenizer.json") for f in written):
+        print("note: no tokenizer files found near the checkpoint; pass --tokenizer_dir to include them")
+    print(f"done in {time.perf_counter() - t0:.1f}s")
+
+
+if __name__ == "__main__":
+    main()
