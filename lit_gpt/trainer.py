@@ -195,7 +195,6 @@ def train(args: TrainArgs) -> None:
 
     args = _apply_fabric_run_env(args)
     check_loggers(args.loggers)
-    _check_lm_eval_args(args)
     config = _model_config(args)
     block_size = args.block_size or config.block_size
     if block_size > config.block_size:
@@ -210,6 +209,7 @@ def train(args: TrainArgs) -> None:
             f"global_batch_size {args.global_batch_size} is not divisible by micro_batch_size {args.micro_batch_size}"
             f" x {world_size} devices: pick a global batch that is a multiple of {args.micro_batch_size * world_size}"
         )
+    _check_lm_eval_args(args)  # last: indexing lm-eval's tasks takes seconds
     precision = args.precision or ("bf16-mixed" if accelerator == "cuda" else "32-true")
     strategy_name = args.strategy
     if strategy_name == "auto":
