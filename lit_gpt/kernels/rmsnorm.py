@@ -1,6 +1,6 @@
 """RMSNorm (optionally fused with the residual add) as Triton kernels, beside the PyTorch reference.
 
-Forward: one program per row, the row held in registers (n_embd <= 65536), statistics in float32. It stores
+Forward: one program per row, the row held in registers (n_embd <= MAX_COLS), statistics in float32. It stores
 1/rms per row for the backward. The result is written straight in the autocast dtype when autocast is on (the
 next matmul would cast it anyway), which saves a float32 write and read per norm.
 Backward: each program walks a slice of rows and accumulates its partial weight gradient in float32; the partials
@@ -20,7 +20,10 @@ from lit_gpt.model import rms_norm_reference
 
 __all__ = ["rms_norm", "add_rms_norm", "rms_norm_reference", "add_rms_norm_reference"]
 
-MAX_COLS = 65536
+# Widest row held in registers without spilling (ptxas, sm80/89/90, tests/test_kernels_compile.py): the backward
+# keeps x, dy, w and the dw accumulator per thread and already needs ~128 registers at 8192 with 16 warps; 16384
+# spills and 65536 spilled ~10 KB per thread. Wider rows would need a kernel that loops over the row.
+MAX_COLS = 8192
 
 
 @triton.jit
