@@ -30,6 +30,9 @@ setup(
         "plot": ["matplotlib"],
         "kernels": ["triton>=3.0"],
         "flash": ["flash-attn>=2.5"],
-        "test": ["pytest", "transformers>=4.44", "lm-eval>=0.4.2", "accelerate", "datasets>=2.18", "matplotlib", "triton>=3.0"],
+        "test": [
+            "pytest", "transformers>=4.44", "lm-eval>=0.4.2", "accelerate", "datasets>=2.18", "matplotlib",
+            "triton>=3.0",
+        ],
     },
 )

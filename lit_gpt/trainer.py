@@ -402,8 +402,6 @@ class Trainer:
                 signal.signal(sig, handler)
 
     def _make_train_loader(self):
-        from lit_gpt.packed_dataset import make_dataloader
-
         args = self.args
         weights = args.train_weights or [1.0] * len(args.train_prefixes)
         if len(weights) != len(args.train_prefixes):
