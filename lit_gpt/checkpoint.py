@@ -26,6 +26,7 @@ import torch
 from lit_gpt.config import Config
 from lit_gpt.model import GPT
 from lit_gpt.model_card import TRAIN_METADATA, read_training_metadata
+from lit_gpt.utils import first_line, replace_folder
 
 PathLike = Union[str, Path]
 LIT_WEIGHTS = "lit_model.pth"
@@ -123,7 +124,7 @@ def _torch_load(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated files, pickle errors, objects weights_only refuses
-        raise ValueError(f"{path}: corrupt, truncated or not a torch checkpoint ({_first_line(e)})") from None
+        raise ValueError(f"{path}: corrupt, truncated or not a torch checkpoint ({first_line(e)})") from None
 
 
 def _load_dcp_model(path: Path) -> dict[str, torch.Tensor]:
@@ -136,17 +137,17 @@ def _load_dcp_model(path: Path) -> dict[str, torch.Tensor]:
     try:  # read .metadata first: on failure DCP would log tracebacks while trying per-rank metadata files
         FileSystemReader(str(path)).read_metadata()
     except Exception as e:
-        raise ValueError(f"{path}: unreadable distributed checkpoint, .metadata is corrupt ({_first_line(e)})") from None
+        raise ValueError(f"{path}: unreadable distributed checkpoint, .metadata is corrupt ({first_line(e)})") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "assuming the intent is to load in a single process": it is
             state = _load_state_dict_from_keys({"model"}, checkpoint_id=str(path))
     except CheckpointException as e:  # a BaseException holding each rank's (exception, traceback)
         causes = [err[0] if isinstance(err, tuple) else err for err in e.failures.values()]
-        reason = _first_line(causes[0]) if causes else _first_line(e)
+        reason = first_line(causes[0]) if causes else first_line(e)
         raise ValueError(f"{path}: unreadable distributed checkpoint ({reason})") from None
     except Exception as e:
-        raise ValueError(f"{path}: unreadable distributed checkpoint ({_first_line(e)})") from None
+        raise ValueError(f"{path}: unreadable distributed checkpoint ({first_line(e)})") from None
     model = state.get("model")
     if not model:
         raise ValueError(f"{path}: distributed checkpoint has no 'model' entry")
@@ -162,11 +163,6 @@ def _clean_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             key = key[len("module."):]
         out[key] = value
     return out
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
 
 
 # ---- checking weights against a config -----------------------------------------------------------
@@ -238,15 +234,7 @@ def atomic_folder(out_dir: PathLike, overwrite: bool = False) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        for f in tmp.iterdir():
-            _fsync(f)
-        _fsync(tmp)
-        old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        _fsync(out_dir.parent)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -260,14 +248,6 @@ def check_output_folder(out_dir: PathLike, overwrite: bool = False) -> None:
         raise FileExistsError(f"{out_dir}: exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir}: output folder exists and is not empty (pass --overwrite to replace it)")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def copy_tokenizer_files(src_dir: Optional[PathLike], dst_dir: PathLike) -> list[str]:

@@ -18,6 +18,7 @@ from lit_gpt.checkpoint import (
     PathLike, atomic_folder, check_shapes, check_state_dict, copy_tokenizer_files, lit_shapes,
 )
 from lit_gpt.config import Config
+from lit_gpt.utils import first_line
 
 Log = Optional[Callable[[str], None]]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -98,7 +99,7 @@ def read_safetensors(path: PathLike) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as e:
-        raise ValueError(f"{path}: corrupt or truncated safetensors file ({str(e).strip().splitlines()[0]})") from None
+        raise ValueError(f"{path}: corrupt or truncated safetensors file ({first_line(e)})") from None
 
 
 def _read_bin(path: Path) -> dict[str, torch.Tensor]:
@@ -107,7 +108,7 @@ def _read_bin(path: Path) -> dict[str, torch.Tensor]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path}: corrupt or unreadable pytorch_model.bin ({str(e).strip().splitlines()[0]})") from None
+        raise ValueError(f"{path}: corrupt or unreadable pytorch_model.bin ({first_line(e)})") from None
 
 
 def hf_weight_files(folder: PathLike) -> list[Path]:

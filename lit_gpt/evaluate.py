@@ -15,10 +15,11 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
+
+from lit_gpt.utils import atomic_write
 
 PathLike = Union[str, Path]
 
@@ -232,16 +233,9 @@ def write_json(path: Path, obj: dict[str, Any]) -> None:
     from lm_eval.utils import handle_non_serializable
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, default=handle_non_serializable)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=2, default=handle_non_serializable)
+        f.write("\n")
 
 
 def load_results(path: PathLike) -> dict[str, Any]:

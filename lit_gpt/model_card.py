@@ -9,11 +9,11 @@ What it can find it reports, what it cannot it leaves out (never a placeholder n
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from lit_gpt.config import Config
+from lit_gpt.utils import atomic_write
 
 PathLike = Union[str, Path]
 TRAIN_METADATA = "train_metadata.json"
@@ -38,12 +38,8 @@ def write_model_card(out_dir: PathLike, config: Config, source_path: Optional[Pa
     text = render_model_card(config, training, report)
 
     path = out_dir / "README.md"
-    tmp = path.with_name(f"README.md.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path
 
 

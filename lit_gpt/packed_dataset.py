@@ -20,6 +20,8 @@ from typing import Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from lit_gpt.utils import atomic_write, fsync
+
 MAGIC = b"LITPKDS"
 VERSION = 1
 HEADER = struct.Struct("<7sQBQ")  # magic, version, dtype code, chunk_size: 24 bytes
@@ -38,14 +40,9 @@ def chunk_name(prefix: str, counter: int) -> str:
 
 def write_chunk(path: Union[str, Path], tokens: np.ndarray) -> None:
     """Writes one chunk atomically: a temp file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_write(path, "wb") as f:
         f.write(HEADER.pack(MAGIC, VERSION, DTYPE_CODES[tokens.dtype], len(tokens)))
         f.write(np.ascontiguousarray(tokens).tobytes(order="C"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_header(path: Union[str, Path]) -> tuple[np.dtype, int]:
@@ -118,7 +115,7 @@ class PackedDatasetWriter:
         """Makes every token added so far durable; returns the position to resume from."""
         if self.n_buffered:
             self._write(self.n_buffered)
-        fsync_dir(self.out_dir)
+        fsync(self.out_dir)
         return self.counter, self.n_buffered
 
     def resume_from(self, position: tuple[int, int]) -> None:
@@ -148,14 +145,6 @@ class PackedDatasetWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-
-
-def fsync_dir(path: Union[str, Path]) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Optional, Union
 
+from lit_gpt.utils import first_line
+
 
 class Tokenizer:
     """`path` is a tokenizer folder (holding `tokenizer.model` or `tokenizer.json`) or one of those files."""
@@ -32,7 +34,7 @@ class Tokenizer:
             try:
                 self.processor = HFTokenizer.from_file(str(path))
             except Exception as e:
-                raise ValueError(f"{path}: unreadable tokenizer.json ({str(e).splitlines()[0]})") from None
+                raise ValueError(f"{path}: unreadable tokenizer.json ({first_line(e)})") from None
             self.bos_id = self._special_id(folder, "bos_token")
             self.eos_id = self._special_id(folder, "eos_token")
             self.vocab_size = self.processor.get_vocab_size(with_added_tokens=True)
@@ -43,7 +45,7 @@ class Tokenizer:
             try:
                 self.processor = spm.SentencePieceProcessor(model_file=str(path))
             except Exception as e:
-                raise ValueError(f"{path}: unreadable sentencepiece model ({str(e).splitlines()[0]})") from None
+                raise ValueError(f"{path}: unreadable sentencepiece model ({first_line(e)})") from None
             self.bos_id = _none_if_negative(self.processor.bos_id())
             self.eos_id = _none_if_negative(self.processor.eos_id())
             self.vocab_size = self.processor.vocab_size()

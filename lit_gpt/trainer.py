@@ -39,7 +39,7 @@ from lit_gpt.config import Config
 from lit_gpt.evaluate import DEFAULT_TASKS
 from lit_gpt.model import GPT
 from lit_gpt.speed_monitor import ThroughputMonitor, peak_flops
-from lit_gpt.utils import MetricsLogger, TrainError, check_loggers, format_duration, fsync_tree
+from lit_gpt.utils import MetricsLogger, TrainError, check_loggers, first_line, format_duration, replace_folder
 
 CHECKPOINTS = "checkpoints"
 _STEP_PREFIX = "step-"
@@ -618,14 +618,7 @@ class Trainer:
         fabric.barrier()
         if fabric.global_rank == 0:
             self.config.save(tmp / "model_config.json")
-            fsync_tree(tmp)
-            old = final.with_name(final.name + ".old")
-            if final.exists():  # re-saving a step: move the old copy aside first so one always exists
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-            os.replace(tmp, final)
-            fsync_tree(final.parent, recursive=False)
-            shutil.rmtree(old, ignore_errors=True)
+            replace_folder(tmp, final)  # re-saving a step keeps a complete copy at every moment
             _prune_checkpoints(self.out_dir / CHECKPOINTS, self.args.keep_last_k)
         fabric.barrier()
         fabric.print(f"saved checkpoint {final}")
@@ -731,7 +724,7 @@ def _read_metadata(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True, mmap=file.name == "state.pth")
     except Exception as e:
-        raise TrainError(f"{file}: unreadable checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+        raise TrainError(f"{file}: unreadable checkpoint ({first_line(e)})")
     return {k: v for k, v in obj.items() if k in ("step", "model_config", "world_size")}
 
 

@@ -1,14 +1,15 @@
-"""Small helpers for the training loop: the expected-error type, metric logging (CSV, TensorBoard, W&B), fsync."""
+"""Small shared helpers: durable writes (fsync, atomic file and folder replacement), one-line error text, and for
+the training loop the expected-error type and metric logging (CSV, TensorBoard, W&B)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
+import shutil
 from pathlib import Path
-from typing import Any, Optional
-
-from lit_gpt.checkpoint import _fsync
+from typing import IO, Any, Iterator, Optional, Union
 
 METRICS_CSV = "metrics.csv"
 CSV_COLUMNS = ["step", "tokens", "loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s",
@@ -64,14 +65,10 @@ class MetricsLogger:
         self._rewrite(rows)
 
     def _rewrite(self, rows: list[dict[str, str]]) -> None:
-        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
-        with open(tmp, "w", newline="") as f:
+        with atomic_write(self.path, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.columns)
             writer.writeheader()
             writer.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
 
     def log(self, metrics: dict[str, Any]) -> None:
         added = [k for k in metrics if k not in self.columns]
@@ -138,14 +135,54 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def fsync_tree(path: Path, recursive: bool = True) -> None:
-    """fsync the files under `path` (when recursive) and the folder itself, so a rename after it is durable."""
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty), for one-line errors."""
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def fsync(path: Union[str, Path]) -> None:
+    """fsync one file or folder (a folder's fsync makes a rename or a new entry in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file and folder under `path`, and `path` itself."""
+    for root, _, files in os.walk(path):
+        for name in files:
+            fsync(Path(root) / name)
+        fsync(root)
+
+
+@contextlib.contextmanager
+def atomic_write(path: Union[str, Path], mode: str = "w", **open_kwargs) -> Iterator[IO]:
+    """Opens a hidden temp file `.<name>.tmp-<pid>` next to `path` for writing; on success it is fsynced and renamed
+    over `path` (readers see the old file or the new one, never half of one), on any error it is deleted."""
     path = Path(path)
-    if recursive:
-        for root, _, files in os.walk(path):
-            for name in files:
-                _fsync(Path(root) / name)
-            _fsync(Path(root))
-    else:
-        _fsync(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def replace_folder(tmp: Path, final: Path) -> None:
+    """Publishes the filled folder `tmp` as `final` durably: fsync its tree, move an existing `final` aside (so one
+    complete copy exists at every moment), rename, fsync the parent, then delete the old copy."""
+    fsync_tree(tmp)
+    old = final.with_name(f"{final.name}.old-{os.getpid()}")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    fsync(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
 

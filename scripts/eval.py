@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from lit_gpt.evaluate import DEFAULT_TASKS, RESULTS_FILE, evaluate_checkpoint
+from lit_gpt.utils import first_line
 
 
 def number(text: str):
@@ -69,11 +70,6 @@ def main(argv=None) -> None:
     print()
     print(report["markdown"])
     print(f"\nwrote {report['output']}")
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
 
 
 if __name__ == "__main__":

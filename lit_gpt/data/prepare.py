@@ -30,7 +30,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from lit_gpt.data.sources import DataError, decompress
-from lit_gpt.packed_dataset import PackedDatasetWriter, chunk_name, dtype_for_vocab, fsync_dir
+from lit_gpt.packed_dataset import PackedDatasetWriter, chunk_name, dtype_for_vocab
+from lit_gpt.utils import atomic_write, fsync
 
 BATCH_BYTES = 1 << 20
 MAX_EXAMPLES = 5
@@ -182,13 +183,9 @@ class Manifest:
     def save(self) -> None:
         d = {"options": self.options, "files": self.files, "position": list(self.position),
              "stats": self.stats.to_json(), "complete": self.complete}
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        with open(tmp, "w") as f:
+        with atomic_write(self.path) as f:
             json.dump(d, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        fsync(self.path.parent)
 
 
 class Progress:

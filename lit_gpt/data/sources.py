@@ -18,6 +18,8 @@ from typing import Optional
 
 import zstandard
 
+from lit_gpt.utils import first_line
+
 SUFFIXES = (".jsonl.zst", ".jsonl")
 
 
@@ -147,7 +149,7 @@ class HuggingFaceSource(HttpSource):
             api = HfApi(endpoint=self.endpoint)
             files = api.list_repo_files(self.repo_id, repo_type="dataset", revision=self.revision)
         except Exception as e:
-            raise DataError(f"{self.describe()}: cannot list files ({str(e).splitlines()[0]})") from None
+            raise DataError(f"{self.describe()}: cannot list files ({first_line(e)})") from None
         names = [n for n in files if n.startswith(f"{split}/") and n.endswith(SUFFIXES)]
         if not names:
             raise DataError(f"{self.describe()}: no .jsonl.zst or .jsonl files under {split}/")
