@@ -13,10 +13,9 @@ from pathlib import Path
 import torch
 
 from lit_gpt.checkpoint import find_tokenizer_dir, load_model, resolve_checkpoint
+from lit_gpt.convert import DTYPES
 from lit_gpt.generate import check_sampling_args, timed_generate
 from lit_gpt.tokenizer import Tokenizer
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
