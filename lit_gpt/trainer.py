@@ -582,9 +582,10 @@ class Trainer:
 
     def _stop_requested(self) -> bool:
         """True on every rank when any rank got SIGTERM/SIGINT (one tiny all-reduce per step keeps ranks agreed)."""
+        if self.fabric.world_size == 1:  # no device tensor and .item(): that would sync the GPU every step
+            return self.stop_signal is not None
         flag = torch.tensor(float(self.stop_signal is not None), device=self.fabric.device)
-        return bool(self.fabric.all_reduce(flag, reduce_op="max").item() > 0) if self.fabric.world_size > 1 \
-            else bool(flag.item())
+        return bool(self.fabric.all_reduce(flag, reduce_op="max").item() > 0)
 
     # ---- checkpoints ----
     @property
