@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import importlib.util
 import json
-import math
 import os
 import subprocess
 import sys
