@@ -54,12 +54,25 @@ def resolve_checkpoint(path: PathLike) -> Path:
 
 
 def _is_checkpoint_dir(path: Path) -> bool:
-    return any((path / name).exists() for name in (LIT_WEIGHTS, "state.pth", "state", ".metadata")) or _is_hf_dir(path)
+    return (any((path / name).exists() for name in (LIT_WEIGHTS, "state.pth", "state", ".metadata"))
+            or is_hf_folder(path))
 
 
-def _is_hf_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and (
+def is_hf_folder(path: PathLike) -> bool:
+    """A Hugging Face model folder: config.json and safetensors or pytorch_model*.bin weights."""
+    path = Path(path)
+    return path.is_dir() and (path / "config.json").is_file() and (
         any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin")))
+
+
+def has_tokenizer(folder: PathLike) -> bool:
+    return (Path(folder) / "tokenizer.model").is_file() or (Path(folder) / "tokenizer.json").is_file()
+
+
+def check_tokenizer_dir(folder: Optional[PathLike]) -> None:
+    """Raises FileNotFoundError unless `folder` (a user's --tokenizer_dir; None = not given) holds a tokenizer."""
+    if folder is not None and not has_tokenizer(folder):
+        raise FileNotFoundError(f"{folder}: no tokenizer.model or tokenizer.json in this folder")
 
 
 def find_config(path: PathLike) -> Config:
@@ -70,7 +83,7 @@ def find_config(path: PathLike) -> Config:
     for candidate in (folder, folder.parent):
         if (candidate / CONFIG_FILE).is_file():
             return Config.from_file(candidate / CONFIG_FILE)
-    if _is_hf_dir(folder):
+    if is_hf_folder(folder):
         return Config.from_hf(folder)
     raise FileNotFoundError(f"{path}: no {CONFIG_FILE} next to this checkpoint (looked in {folder} and {folder.parent})")
 
@@ -81,7 +94,7 @@ def find_tokenizer_dir(path: PathLike) -> Optional[Path]:
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     for candidate in (folder, folder.parent, folder.parent.parent):
-        if (candidate / "tokenizer.model").is_file() or (candidate / "tokenizer.json").is_file():
+        if has_tokenizer(candidate):
             return candidate
     return None
 
@@ -99,7 +112,7 @@ def load_model_state(path: PathLike) -> dict[str, torch.Tensor]:
             return _load_dcp_model(path / "state")
         if (path / ".metadata").is_file():
             return _load_dcp_model(path)
-        if _is_hf_dir(path):
+        if is_hf_folder(path):
             from lit_gpt.convert import load_hf_folder
 
             return load_hf_folder(path)[1]

@@ -112,18 +112,9 @@ def markdown_table(model_name: str, summary: dict[str, dict[str, Any]]) -> str:
 
 
 # ---- running -----------------------------------------------------------------------------------------
-def is_hf_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "config.json").is_file() and (
-        any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin")))
-
-
-def has_tokenizer(folder: Path) -> bool:
-    return (folder / "tokenizer.json").is_file() or (folder / "tokenizer.model").is_file()
-
-
 def find_tokenizer(checkpoint: Path) -> Path:
     """The folder with the tokenizer lm-eval will use: an HF folder's own, else the one near the lit checkpoint."""
-    from lit_gpt.checkpoint import find_tokenizer_dir
+    from lit_gpt.checkpoint import find_tokenizer_dir, has_tokenizer, is_hf_folder
 
     if is_hf_folder(checkpoint):
         if not has_tokenizer(checkpoint):
@@ -182,7 +173,7 @@ def evaluate_checkpoint(
     reached (offline) raises ConnectionError/OSError naming the task setup (see docs/evaluation.md)."""
     import torch
 
-    from lit_gpt.checkpoint import resolve_checkpoint
+    from lit_gpt.checkpoint import is_hf_folder, resolve_checkpoint
     from lit_gpt.model_card import read_training_metadata
 
     check_limit(limit)

@@ -278,6 +278,8 @@ _LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_
 
 def _check_lm_eval_args(args: TrainArgs) -> None:
     """Refuses a periodic lm-eval setup that would only fail hours into the run (no lm-eval, unknown task...)."""
+    from lit_gpt.checkpoint import has_tokenizer
+
     if args.lm_eval_interval is None:
         return
     if args.lm_eval_interval <= 0 or args.lm_eval_interval % args.save_interval:
@@ -285,8 +287,7 @@ def _check_lm_eval_args(args: TrainArgs) -> None:
                          f"{args.save_interval} (lm-eval scores the checkpoint saved at that step)")
     if args.keep_last_k == 0:
         raise TrainError("lm_eval_interval needs keep_last_k >= 1 or null (0 deletes the checkpoint it scores)")
-    if args.tokenizer_dir is None and not ((Path(args.out_dir) / "tokenizer.model").is_file()
-                                           or (Path(args.out_dir) / "tokenizer.json").is_file()):
+    if args.tokenizer_dir is None and not has_tokenizer(args.out_dir):
         raise TrainError("lm_eval_interval needs --tokenizer_dir (lm-eval tokenizes the tasks' text)")
     try:
         import lm_eval  # noqa: F401

@@ -14,10 +14,9 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 from lit_gpt.checkpoint import (
-    LIT_WEIGHTS, check_output_folder, consolidate, find_tokenizer_dir, resolve_checkpoint,
+    LIT_WEIGHTS, check_output_folder, check_tokenizer_dir, consolidate, resolve_checkpoint,
 )
 from lit_gpt.model_card import read_training_metadata
 
@@ -68,11 +67,6 @@ def progress(checkpoint: Path) -> str:
 
 def mb(n_bytes: int) -> str:
     return f"{n_bytes / 2**20:,.1f} MB"
-
-
-def check_tokenizer_dir(folder: Optional[Path]) -> None:
-    if folder is not None and find_tokenizer_dir(folder) != folder:
-        raise FileNotFoundError(f"{folder}: no tokenizer.model or tokenizer.json in this folder")
 
 
 def main(argv=None) -> None:

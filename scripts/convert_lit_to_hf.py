@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from lit_gpt.checkpoint import (
-    check_output_folder, find_config, find_tokenizer_dir, load_model_state, resolve_checkpoint,
+    check_output_folder, check_tokenizer_dir, find_config, find_tokenizer_dir, load_model_state, resolve_checkpoint,
 )
 from lit_gpt.config import Config
 from lit_gpt.convert import DTYPES, parse_size, save_hf_folder
@@ -58,8 +58,7 @@ def main(argv=None) -> None:
         checkpoint = resolve_checkpoint(args.checkpoint)
         config = load_config(args.config, checkpoint)
         tokenizer_dir = args.tokenizer_dir or find_tokenizer_dir(checkpoint)
-        if args.tokenizer_dir is not None and find_tokenizer_dir(args.tokenizer_dir) != args.tokenizer_dir:
-            raise FileNotFoundError(f"{args.tokenizer_dir}: no tokenizer.model or tokenizer.json in this folder")
+        check_tokenizer_dir(args.tokenizer_dir)
         print(f"reading {checkpoint} (config {config.name!r}, {config.num_params():,} parameters)")
         state_dict = load_model_state(checkpoint)
         print(f"writing {args.out_dir} ({args.dtype}, tokenizer from {tokenizer_dir or 'nowhere: none found'})")
