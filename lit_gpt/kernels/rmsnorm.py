@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lit_gpt.kernels.utils import autocast_dtype, num_programs, row_warps
+from lit_gpt.kernels.utils import as_rows, autocast_dtype, num_programs, row_warps
 from lit_gpt.model import rms_norm_reference
 
 __all__ = ["rms_norm", "add_rms_norm", "rms_norm_reference", "add_rms_norm_reference"]
@@ -74,12 +74,6 @@ def _rms_norm_bwd_kernel(DY, X, W, RSTD, DS, DX, DW_PARTIAL, stride_dy, stride_x
     tl.store(DW_PARTIAL + pid.to(tl.int64) * n_cols + cols, dw, mask=mask)
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """(..., C) -> (N, C) with a unit column stride (a copy only when the last dim is strided)."""
-    t = t.reshape(-1, t.shape[-1])
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
     if x.shape[-1] != weight.shape[0] or weight.dim() != 1:
         raise ValueError(f"rms_norm: weight {tuple(weight.shape)} does not match the last dim of x {tuple(x.shape)}")
@@ -92,12 +86,12 @@ def _rms_norm_fwd(x: torch.Tensor, residual: Optional[torch.Tensor], weight: tor
                   out_dtype: torch.dtype, sum_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (y, s, rstd): s = x + residual (an empty tensor without residual), rstd per row in float32."""
     shape = x.shape
-    x2 = _rows(x)
+    x2 = as_rows(x)
     n_rows, n_cols = x2.shape
     y = torch.empty(n_rows, n_cols, dtype=out_dtype, device=x.device)
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     if residual is not None:
-        r2 = _rows(residual)
+        r2 = as_rows(residual)
         s = torch.empty(n_rows, n_cols, dtype=sum_dtype, device=x.device)
     else:
         r2 = s = x2  # unused by the kernel
@@ -121,9 +115,9 @@ def _rms_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd:
                   ds: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients (dx, dweight) given the normalised input x; ds (grad of the residual sum) is added to dx."""
     shape = x.shape
-    x2, dy2 = _rows(x), _rows(dy)
+    x2, dy2 = as_rows(x), as_rows(dy)
     n_rows, n_cols = x2.shape
-    ds2 = _rows(ds) if ds is not None else dy2
+    ds2 = as_rows(ds) if ds is not None else dy2
     dx = torch.empty(n_rows, n_cols, dtype=x.dtype, device=x.device)
     grid = num_programs(n_rows, x.device)
     partial = torch.empty(grid, n_cols, dtype=torch.float32, device=x.device)

@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from lit_gpt.kernels.utils import unit_stride
 from lit_gpt.model import apply_rope as apply_rope_reference
 
 __all__ = ["apply_rope", "apply_rope_reference"]
@@ -59,10 +60,6 @@ def _rope_kernel(Q, K, QO, KO, COS, SIN, T, n_q, n_k,
                   BACKWARD, HALF, BLOCK_HK, BLOCK_D)
 
 
-def _unit_last(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _launch(q, k, q_out, k_out, cos, sin, backward: bool) -> None:
     B, T, n_q, hs = q.shape
     n_k = k.shape[2]
@@ -83,7 +80,7 @@ def _launch(q, k, q_out, k_out, cos, sin, backward: bool) -> None:
 @torch.library.custom_op("lit_gpt::rope", mutates_args=())
 def _rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
           backward: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    q, k = _unit_last(q), _unit_last(k)
+    q, k = unit_stride(q), unit_stride(k)
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     _launch(q, k, q_out, k_out, cos, sin, backward)
@@ -120,7 +117,7 @@ def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.T
     T, hs = q.shape[1], q.shape[3]
     if hs % 2 or cos.shape != (T, hs) or sin.shape != (T, hs):
         raise ValueError(f"apply_rope: cos/sin {tuple(cos.shape)} must be (T, hs) = ({T}, {hs}) with hs even")
-    cos, sin = _unit_last(cos.float()), _unit_last(sin.float())
+    cos, sin = unit_stride(cos.float()), unit_stride(sin.float())
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
     if inplace and not needs_grad and not torch.compiler.is_compiling() and q.stride(-1) == 1 and k.stride(-1) == 1:
         # each program reads its elements before writing them, so in and out may be the same memory

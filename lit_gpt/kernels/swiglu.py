@@ -13,6 +13,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from lit_gpt.kernels.utils import as_rows
+
 __all__ = ["swiglu", "swiglu_packed", "swiglu_reference"]
 
 BLOCK = 1024
@@ -45,11 +47,6 @@ def _swiglu_bwd_kernel(DY, G, U, DG, DU, stride_dy, stride_g, stride_u, stride_d
     tl.store(DU + row * stride_du + cols, du.to(DU.dtype.element_ty), mask=mask)
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    t = t.reshape(-1, t.shape[-1])
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _grid(n_rows: int, n_cols: int) -> tuple[int, int]:
     return n_rows, triton.cdiv(n_cols, BLOCK)
 
@@ -73,7 +70,7 @@ def _backward(dy2, g2, u2, dg, du) -> None:
 # ---- separate gate and up ---------------------------------------------------------------------------------
 @torch.library.custom_op("lit_gpt::swiglu", mutates_args=())
 def _swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    return _forward(_rows(gate), _rows(up)).view(gate.shape)
+    return _forward(as_rows(gate), as_rows(up)).view(gate.shape)
 
 
 @_swiglu.register_fake
@@ -83,10 +80,10 @@ def _(gate, up):
 
 @torch.library.custom_op("lit_gpt::swiglu_bwd", mutates_args=())
 def _swiglu_bwd(dy: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    g2 = _rows(gate)
+    g2 = as_rows(gate)
     dg = torch.empty(g2.shape, dtype=gate.dtype, device=gate.device)
     du = torch.empty(g2.shape, dtype=up.dtype, device=up.device)
-    _backward(_rows(dy), g2, _rows(up), dg, du)
+    _backward(as_rows(dy), g2, as_rows(up), dg, du)
     return dg.view(gate.shape), du.view(up.shape)
 
 
@@ -109,7 +106,7 @@ torch.library.register_autograd("lit_gpt::swiglu", _swiglu_backward, setup_conte
 # ---- packed [gate | up] -----------------------------------------------------------------------------------
 @torch.library.custom_op("lit_gpt::swiglu_packed", mutates_args=())
 def _swiglu_packed(h: torch.Tensor) -> torch.Tensor:
-    h2 = _rows(h)
+    h2 = as_rows(h)
     n = h2.shape[1] // 2
     return _forward(h2[:, :n], h2[:, n:]).view(*h.shape[:-1], n)
 
@@ -121,10 +118,10 @@ def _(h):
 
 @torch.library.custom_op("lit_gpt::swiglu_packed_bwd", mutates_args=())
 def _swiglu_packed_bwd(dy: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    h2 = _rows(h)
+    h2 = as_rows(h)
     n = h2.shape[1] // 2
     dh = torch.empty(h2.shape, dtype=h.dtype, device=h.device)
-    _backward(_rows(dy), h2[:, :n], h2[:, n:], dh[:, :n], dh[:, n:])
+    _backward(as_rows(dy), h2[:, :n], h2[:, n:], dh[:, :n], dh[:, n:])
     return dh.view(h.shape)
 
 

@@ -26,6 +26,16 @@ def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     return None
 
 
+def unit_stride(t: torch.Tensor) -> torch.Tensor:
+    """`t` with a unit stride in its last dim, as the kernels index it (a copy only when it is strided)."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def as_rows(t: torch.Tensor) -> torch.Tensor:
+    """(..., C) -> (N, C) with a unit column stride (a copy only when the last dim is strided)."""
+    return unit_stride(t.reshape(-1, t.shape[-1]))
+
+
 @functools.lru_cache(maxsize=None)
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
