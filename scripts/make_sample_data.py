@@ -21,13 +21,14 @@ import io
 import json
 import os
 import random
-import shutil
 import sys
 import sysconfig
 import zlib
 from pathlib import Path
 
 import zstandard
+
+from lit_gpt.utils import atomic_write, replace_folder
 
 LICENSES_DIR = Path("/usr/share/common-licenses")
 GITHUB_CHAR_BUDGET = 1_200_000  # keeps the code set (skipped by default) small
@@ -146,9 +147,8 @@ def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int) -> None:
         minloglevel=2,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".tokenizer.model.tmp-{os.getpid()}"
-    tmp.write_bytes(model.getvalue())
-    os.replace(tmp, out_dir / "tokenizer.model")
+    with atomic_write(out_dir / "tokenizer.model", "wb") as f:
+        f.write(model.getvalue())
     config = {
         "tokenizer_class": "LlamaTokenizer",
         "bos_token": "<s>",
@@ -171,9 +171,7 @@ def main() -> None:
     tmp = args.out / f"sample_slimpajama.tmp-{os.getpid()}"
     by_split = write_corpus(docs, tmp)
     final = args.out / "sample_slimpajama"
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    replace_folder(tmp, final)
     train_texts = [d["text"] for d in by_split["train"] if d["meta"]["redpajama_set_name"] != "RedPajamaGithub"]
     train_tokenizer(train_texts, args.out / "tokenizer", args.vocab_size)
 

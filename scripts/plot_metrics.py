@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lit_gpt.utils import METRICS_CSV, read_metrics
+from lit_gpt.utils import METRICS_CSV, atomic_write, read_metrics
 
 
 def plot(runs: list[Path], out: Path) -> Path:
@@ -41,10 +41,9 @@ def plot(runs: list[Path], out: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_write(out, "wb") as f:
+        fig.savefig(f, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(out)
     return out
 
 
