@@ -161,10 +161,7 @@ class TokenStream:
         self.files = sorted(str(p) for p in data_dir.glob(f"{prefix}*.bin"))
         if not self.files:
             raise FileNotFoundError(f"{data_dir}: no files matching {prefix}*.bin")
-        lengths = []
-        for path in self.files:
-            _, n_tokens = read_header(path)
-            lengths.append(n_tokens)
+        lengths = [read_header(path)[1] for path in self.files]
         self.starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
         self.n_tokens = int(self.starts[-1])
         self.max_chunk = max(lengths)
