@@ -96,3 +96,13 @@ def test_two_nodes_simulated_with_fabric_run(data, tmp_path):
     assert "strategy fsdp, 2 processes (2 node(s))" in outputs[0]
     assert [s for s, _ in losses(tmp_path / "out")] == [1, 2, 3]
     assert (latest_checkpoint(tmp_path / "out") / "state").is_dir()
+
+
+def test_sigterm_to_one_rank_stops_both_at_the_next_log_step(data, tmp_path):
+    """Preemption notice to rank 0 only, after step 3: the ranks agree at the next log step (4), save and exit 0."""
+    common = ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--log_interval", "2",
+              "--save_interval", "8"]
+    run = launch(args(data, tmp_path / "out", *common), {"LIT_GPT_SIGTERM_AFTER_STEP": "3"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "stopped by SIGTERM at step 4" in run.stdout
+    assert latest_checkpoint(tmp_path / "out").name == "step-00000004"
