@@ -10,6 +10,8 @@ from pathlib import Path
 from lit_gpt.trainer import TrainArgs, cli
 
 # MicroLlama: 4 GPUs x micro batch 12 = 48 sequences of 2048 tokens per step (~98k tokens), ~50B tokens.
+# Optimizer and schedule: TrainArgs' defaults, the shared TinyLlama/MicroLlama recipe (AdamW lr 4e-4, betas
+# (0.9, 0.95), weight decay 0.1, grad clip 1.0, 2000 warmup steps, cosine to 4e-5).
 DEFAULTS = TrainArgs(
     model_name="MicroLlama-300M",
     train_data_dir=Path("data/slimpajama/train"),
@@ -18,17 +20,9 @@ DEFAULTS = TrainArgs(
     global_batch_size=48,
     micro_batch_size=12,
     max_tokens=50_000_000_000,
-    learning_rate=4e-4,
-    min_lr=4e-5,
-    warmup_steps=2000,
-    weight_decay=0.1,
-    grad_clip=1.0,
     seed=42,
-    log_interval=10,
     eval_interval=1000,
-    eval_iters=100,
     save_interval=1000,
-    keep_last_k=3,
 )
 
 if __name__ == "__main__":

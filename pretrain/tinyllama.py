@@ -9,6 +9,8 @@ from pathlib import Path
 from lit_gpt.trainer import TrainArgs, cli
 
 # TinyLlama: 1024 sequences of 2048 tokens (~2M tokens) per step on 16 GPUs, 3T tokens, seed 3407.
+# Optimizer and schedule: TrainArgs' defaults, the shared TinyLlama/MicroLlama recipe (AdamW lr 4e-4, betas
+# (0.9, 0.95), weight decay 0.1, grad clip 1.0, 2000 warmup steps, cosine to 4e-5).
 DEFAULTS = TrainArgs(
     model_name="TinyLlama-1.1B",
     train_data_dir=Path("data/slimpajama/train"),
@@ -17,18 +19,9 @@ DEFAULTS = TrainArgs(
     global_batch_size=1024,
     micro_batch_size=8,
     max_tokens=3_000_000_000_000,
-    learning_rate=4e-4,
-    min_lr=4e-5,
-    warmup_steps=2000,
-    weight_decay=0.1,
-    grad_clip=1.0,
     seed=3407,
-    log_interval=10,
     eval_interval=2000,
-    eval_iters=100,
     save_interval=2000,
-    keep_last_k=3,
-    activation_checkpointing=False,
 )
 
 if __name__ == "__main__":
