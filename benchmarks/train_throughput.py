@@ -108,7 +108,12 @@ def build(variant: str, config, device, compile_backend: str):
                 return litgpt_loss(logits, targets)
             return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
     if "compile" in variant:
-        model = torch.compile(model, backend=compile_backend)
+        if variant.startswith("lit_gpt"):  # exactly as the trainer's --compile does it: each Block
+            from lit_gpt.trainer import wrap_blocks
+
+            wrap_blocks(model, activation_checkpointing=False, compile=True, backend=compile_backend)
+        else:
+            model = torch.compile(model, backend=compile_backend)
     return model, loss_fn
 
 

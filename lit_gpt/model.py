@@ -40,7 +40,6 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        self.rope_cache: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self.reset_parameters()
         self.set_kernels(kernels)
 
@@ -60,16 +59,6 @@ class GPT(nn.Module):
         for block in self.blocks:
             block.set_kernels(enabled)
 
-    # ---- RoPE -----------------------------------------------------------------------------------
-    def rope(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin) of shape (length, head_size) in float32, cached; rebuilt for a new device or longer length."""
-        cache = self.rope_cache
-        if cache is None or cache[0].device != device or cache[0].shape[0] < length:
-            n = max(length, self.config.block_size)
-            cache = build_rope_cache(n, self.config.head_size, self.config.rope_base, device)
-            self.rope_cache = cache
-        return cache
-
     # ---- forward --------------------------------------------------------------------------------
     def forward(
         self,
@@ -82,14 +71,12 @@ class GPT(nn.Module):
         when `targets` is given (then the float32 logits are never held whole with kernels enabled).
         `input_pos` (T,) selects the KV cache path used for generation (see `set_kv_cache`)."""
         B, T = idx.shape
-        if input_pos is None:
-            if T > self.config.block_size:
-                raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
-            cos, sin = self.rope(T, idx.device)
-            cos, sin = cos[:T], sin[:T]
-        else:
-            cos, sin = self.rope(int(input_pos.max()) + 1, idx.device)
-            cos, sin = cos[input_pos], sin[input_pos]
+        if input_pos is None and T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        positions = torch.arange(T, device=idx.device) if input_pos is None else input_pos
+        # Computed per call (a few tiny kernels) rather than cached on the module: no state for torch.compile to
+        # guard on (a cache filled on the first call made it recompile the whole model on the second).
+        cos, sin = rope_at(positions, self.config.head_size, self.config.rope_base)
         x = self.embed(idx)
         for block in self.blocks:
             x = block(x, cos, sin, input_pos)
@@ -255,13 +242,19 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
     return weight * xf.to(x.dtype)
 
 
-def build_rope_cache(length: int, head_size: int, base: float, device: Optional[torch.device] = None):
-    """cos/sin tables (length, head_size) for the half-rotation layout: frequencies repeated for both halves."""
+def rope_at(positions: torch.Tensor, head_size: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 cos/sin (len(positions), head_size) for the half-rotation layout: frequencies repeated for both
+    halves."""
+    device = positions.device
     inv_freq = 1.0 / (base ** (torch.arange(0, head_size, 2, device=device, dtype=torch.float32) / head_size))
-    t = torch.arange(length, device=device, dtype=torch.float32)
-    freqs = torch.outer(t, inv_freq)
+    freqs = torch.outer(positions.float(), inv_freq)
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos(), emb.sin()
+
+
+def build_rope_cache(length: int, head_size: int, base: float, device: Optional[torch.device] = None):
+    """cos/sin for positions 0 .. length-1."""
+    return rope_at(torch.arange(length, device=device), head_size, base)
 
 
 def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):

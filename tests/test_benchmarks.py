@@ -26,16 +26,16 @@ def measured(table_text, name):
 
 @pytest.mark.slow
 def test_train_throughput_tiny(tmp_path):
-    out = run("train_throughput.py", "--tiny", "--variants", "lit_gpt eager", "lit_gpt kernels", "hf eager",
-              "litgpt eager", "--json", str(tmp_path / "r.json"))
+    out = run("train_throughput.py", "--tiny", "--variants", "lit_gpt eager", "lit_gpt kernels", "lit_gpt compile",
+              "hf eager", "litgpt eager", "--json", str(tmp_path / "r.json"))
     assert "| variant | micro batch | tokens/s | MFU | peak GiB | step ms |" in out
-    for name in ("lit_gpt eager", "lit_gpt kernels", "hf eager"):
+    for name in ("lit_gpt eager", "lit_gpt kernels", "lit_gpt compile", "hf eager"):
         assert measured(out, name) > 0
     assert "litgpt eager (litgpt not installed)" in out or measured(out, "litgpt eager") > 0
     assert "### Step breakdown" in out
     for part in ("GEMMs", "attention fwd+bwd", "norms + RoPE + SwiGLU", "lm_head + cross-entropy", "clip_grad_norm_ + AdamW"):
         assert re.search(rf"^\| {re.escape(part)}[^|]*\| \d+\.\d\d \| \d+\.\d\d \|", out, re.M), part
-    assert (tmp_path / "r.json").read_text().count('"status": "ok"') >= 3
+    assert (tmp_path / "r.json").read_text().count('"status": "ok"') >= 4
 
 
 def test_train_throughput_rejects_unknown_model():

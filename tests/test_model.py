@@ -65,3 +65,16 @@ def test_gradient_reaches_every_parameter(tie):
     assert ("lm_head.weight" in params) is not tie  # a tied head is the embedding itself
     for name, p in params.items():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_compiled_model_compiles_once():
+    """torch.compile of the whole model must not recompile on later calls (it did while RoPE tables were cached on
+    the module: the first call filled the cache, which failed the guards of the second)."""
+    torch._dynamo.reset()
+    model = GPT(Config.from_name("tiny"))
+    compiled = torch.compile(model, backend="eager")  # guards are dynamo's; no backend compile needed
+    idx = torch.randint(0, model.config.vocab_size, (2, 8))
+    compiled(idx, idx).backward()  # first call compiles
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(2):
+            compiled(idx, idx).backward()

@@ -309,3 +309,20 @@ def test_lm_eval_args_errors(tiny_4096, tmp_path, monkeypatch):
     expect_error(tiny_4096_args(data, tmp_path / "e", config, "--lm_eval_interval", "3", *tasks),
                  "lm_eval_interval needs lm-eval: pip install")
     assert not (tmp_path / "a").exists()  # refused before anything was written
+
+
+@pytest.mark.slow
+def test_compile_same_loss_and_compiles_once(tiny_data, tmp_path):
+    """--compile (inductor, each Block, with and without activation checkpointing) changes speed, not the math:
+    per-step losses match the eager run, and the Blocks share one compiled graph with no recompiles."""
+    from torch._dynamo.utils import counters
+
+    run(tiny_args(tiny_data, tmp_path / "eager", "--max_steps", "3"))
+    for name, extra in [("compiled", []), ("compiled_ckpt", ["--activation_checkpointing", "true"])]:
+        torch._dynamo.reset()
+        counters.clear()
+        run(tiny_args(tiny_data, tmp_path / name, "--max_steps", "3", "--compile", "true", *extra))
+        assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])  # a recompile adds a graph
+        eager, compiled = losses(tmp_path / "eager"), losses(tmp_path / name)
+        assert [s for s, _ in compiled] == [1, 2, 3]
+        assert all(math.isclose(x, y, rel_tol=1e-4) for (_, x), (_, y) in zip(eager, compiled)), (eager, compiled)
