@@ -124,6 +124,7 @@ def main(argv=None):
           f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}\n")
     print("| kernel | implementation | fwd+bwd ms | peak GiB | vs eager |")
     print("|---|---|---|---|---|")
+    failed = []
     for name, impls, make_inputs in cases(config, args.micro_batch, args.seq_len, device, dtype):
         if not args.no_compile:
             impls["compiled eager"] = torch.compile(impls["eager"])
@@ -135,10 +136,17 @@ def main(argv=None):
             except torch.OutOfMemoryError:
                 print(f"| {name} | {impl} | OOM | | |")
                 continue
+            except Exception as e:  # a row, not a crash of the table; ours failing still fails the run (below)
+                print(f"| {name} | {impl} | error: {type(e).__name__}: {str(e)[:120]} | | |", flush=True)
+                if impl in ("triton", "eager"):
+                    failed.append(f"{name} / {impl}")
+                continue
             eager_ms = ms if impl == "eager" else eager_ms
             speedup = f"{eager_ms / ms:.2f}x" if eager_ms else ""
             mem = "n/a" if gib != gib else f"{gib:.2f}"
             print(f"| {name} | {impl} | {ms:.3f} | {mem} | {speedup} |", flush=True)
+    if failed:
+        sys.exit(f"error: lit_gpt's own implementation failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -51,7 +53,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timeout", type=int, default=900, help="seconds allowed per variant process")
     p.add_argument("--tiny", action="store_true",
                    help="the 'tiny' config on the CPU in float32, T=16, micro batch 1, 1+2 steps (a smoke test)")
-    p.add_argument("--json", type=Path, default=None, help="also write all results to this JSON file")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds for the whole run: rows not started by then are reported as skipped (so a run "
+                        "with a wall-clock limit still prints its table)")
+    p.add_argument("--json", type=Path, default=None,
+                   help="also write all results to this JSON file (rewritten after every row, so a killed run "
+                        "keeps what it measured)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: run one variant
     p.add_argument("--micro-batch", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -153,8 +160,6 @@ def run_worker(args) -> dict:
         optimizer.zero_grad(set_to_none=True)
         return loss
 
-    import time
-
     for _ in range(args.warmup):
         loss = step()
     synchronize(device)
@@ -221,13 +226,13 @@ def child_env(args) -> dict:
     return env
 
 
-def run_row(args, variant: str, micro_batch: int) -> dict:
+def run_row(args, variant: str, micro_batch: int, timeout: float) -> dict:
     base = {"variant": variant, "micro_batch": micro_batch}
     try:
         proc = subprocess.run(child_command(args, variant, micro_batch), capture_output=True, text=True,
-                              timeout=args.timeout, env=child_env(args), cwd=ROOT)
+                              timeout=timeout, env=child_env(args), cwd=ROOT)
     except subprocess.TimeoutExpired:
-        return {**base, "status": f"timeout after {args.timeout}s"}
+        return {**base, "status": f"timeout after {timeout:.0f}s"}
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
             return json.loads(line[len(RESULT_TAG):])
@@ -267,39 +272,66 @@ def main(argv=None) -> None:
     if any(b < 1 for b in args.micro_batches) or args.steps < 1 or args.warmup < 0:
         sys.exit("error: micro batches and --steps must be >= 1, --warmup >= 0")
     T = args.seq_len or config.block_size
-    rows, skipped = [], []
+    started = time.monotonic()
+
+    def remaining() -> float:  # seconds a row may take: the rest of --budget, at most --timeout
+        left = args.timeout if args.budget is None else args.budget - (time.monotonic() - started)
+        return min(args.timeout, left)
+
+    def out_of_budget() -> bool:
+        return remaining() <= 0
+
+    rows, skipped, breakdown_rows = [], [], []
     for variant in args.variants:
         if not available(variant):
             skipped.append(f"{variant} ({PEERS[variant]} not installed)")
             continue
         for micro_batch in args.micro_batches:
+            if out_of_budget():
+                rows.append({"variant": variant, "micro_batch": micro_batch,
+                             "status": f"skipped (--budget {args.budget:g}s used)"})
+                continue
             print(f"running {variant}, micro batch {micro_batch} ...", file=sys.stderr, flush=True)
-            row = run_row(args, variant, micro_batch)
+            row = run_row(args, variant, micro_batch, remaining())
             print(f"  {fmt(row)}", file=sys.stderr, flush=True)
             rows.append(row)
+            write_json(args.json, rows, breakdown_rows)
     device = next((r["device"] for r in rows if r.get("device")), "n/a")
     print(f"\n## {config.name}, T={T}, device: {device}\n")
     print(table(rows))
     if skipped:
         print(f"\nnot run: {'; '.join(skipped)}")
-    breakdown_rows = []
     if not args.no_breakdown:
-        from benchmarks.step_breakdown import breakdown_table
-
-        micro_batch = 16 if 16 in args.micro_batches else args.micro_batches[0]
-        print(f"measuring the step breakdown at micro batch {micro_batch} ...", file=sys.stderr, flush=True)
-        result = run_row(args, "breakdown", micro_batch)
-        if result.get("status") != "ok":
-            print(f"\nstep breakdown failed: {result.get('status')}")
+        if out_of_budget():
+            print(f"\nstep breakdown skipped: --budget {args.budget:g}s used")
         else:
-            breakdown_rows = result["parts"]
-            ours = [r for r in rows if "kernels" in r["variant"] and r.get("status") == "ok"
-                    and r["micro_batch"] == micro_batch]
-            best = min((r["step_ms"] for r in ours), default=None)
-            print(f"\n### Step breakdown, micro batch {micro_batch} (lit_gpt with kernels, each part timed alone)\n")
-            print(breakdown_table(breakdown_rows, best))
-    if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "breakdown": breakdown_rows}, indent=2) + "\n")
+            breakdown_rows = measure_breakdown(args, rows, remaining())
+    write_json(args.json, rows, breakdown_rows)
+
+
+def measure_breakdown(args, rows: list[dict], timeout: float) -> list[dict]:
+    """Times each part of the step alone (in its own process) and prints it against the best kernels row."""
+    from benchmarks.step_breakdown import breakdown_table
+
+    micro_batch = 16 if 16 in args.micro_batches else args.micro_batches[0]
+    print(f"measuring the step breakdown at micro batch {micro_batch} ...", file=sys.stderr, flush=True)
+    result = run_row(args, "breakdown", micro_batch, timeout)
+    if result.get("status") != "ok":
+        print(f"\nstep breakdown failed: {result.get('status')}")
+        return []
+    ours = [r for r in rows if "kernels" in r["variant"] and r.get("status") == "ok" and r["micro_batch"] == micro_batch]
+    best = min((r["step_ms"] for r in ours), default=None)
+    print(f"\n### Step breakdown, micro batch {micro_batch} (lit_gpt with kernels, each part timed alone)\n")
+    print(breakdown_table(result["parts"], best))
+    return result["parts"]
+
+
+def write_json(path: Optional[Path], rows: list[dict], breakdown_rows: list[dict]) -> None:
+    if path is not None:
+        from lit_gpt.utils import atomic_write
+
+        with atomic_write(path) as f:
+            f.write(json.dumps({"rows": rows, "breakdown": breakdown_rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

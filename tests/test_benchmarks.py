@@ -51,3 +51,11 @@ def test_kernel_microbenchmarks_tiny():
     for kernel in ("rms_norm", "add_rms_norm", "rope", "swiglu", "linear_cross_entropy"):
         for impl in ("eager", "triton"):
             assert re.search(rf"^\| {kernel} \| {impl} \| \d+\.\d+ \|", out, re.M), (kernel, impl)
+
+
+def test_train_throughput_budget_skips_rows_and_still_prints_table(tmp_path):
+    out = run("train_throughput.py", "--tiny", "--budget", "0", "--variants", "lit_gpt eager", "hf eager",
+              "--json", str(tmp_path / "r.json"))
+    assert "| lit_gpt eager | 1 | skipped (--budget 0s used) |" in out
+    assert "step breakdown skipped: --budget 0s used" in out
+    assert '"skipped (--budget 0s used)"' in (tmp_path / "r.json").read_text()

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Downloads into .whl/ the wheels a GPU machine without internet needs for the tests and benchmarks, for
+# Python 3.12 on x86-64 Linux (pinned: the versions the peer rows were written against). Run it where PyPI is
+# reachable, copy .whl/ along with the repository, and benchmarks/run_gpu.sh installs them there.
+# Not needed on a machine with internet: `pip install -e '.[test,kernels]' litgpt liger-kernel` does the same.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WHEELS=(
+  jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.14.0  # the trainer's CLI
+  zstandard==0.25.0                                                       # .jsonl.zst data (tests)
+  litgpt==0.5.13 liger-kernel==0.8.5                                      # peers in the benchmarks
+)
+"${PYTHON:-python3}" -m pip download --no-deps --only-binary=:all: --python-version "${PY_VERSION:-3.12}" \
+  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 -d .whl "${WHEELS[@]}"
+ls -l .whl
