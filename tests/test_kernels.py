@@ -14,6 +14,7 @@ _PREVIOUS_INTERPRET = os.environ.get("TRITON_INTERPRET")
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: kernels run interpreted on CPU tensors
 
+import triton  # noqa: E402
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 from lit_gpt import GPT, Config  # noqa: E402
@@ -25,6 +26,9 @@ from lit_gpt.kernels import rmsnorm as rmsnorm_module  # noqa: E402
 from lit_gpt.model import build_rope_cache  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+if DEVICE.type == "cpu" and tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 7):
+    pytest.skip(f"Triton {triton.__version__}'s interpreter cannot run these kernels (range over a scalar "
+                "argument fails before 3.7): pip install 'triton>=3.7'", allow_module_level=True)
 if DEVICE.type == "cpu" and not isinstance(rmsnorm_module._rms_norm_fwd_kernel, InterpretedFunction):
     pytest.skip("lit_gpt.kernels was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
 
