@@ -30,7 +30,7 @@ def _bytes(*tensors) -> int:
 
 
 def breakdown(config, T: int, B: int, tiny: bool = False) -> list[dict]:
-    from lit_gpt.kernels import add_rms_norm, apply_rope, linear_cross_entropy, rms_norm, swiglu_packed
+    from lit_gpt.kernels import add_rms_norm, apply_rope, linear_cross_entropy, swiglu_packed
     from lit_gpt.kernels.attention import causal_attention, resolve_backend
     from lit_gpt.model import build_rope_cache
 
@@ -76,16 +76,16 @@ def breakdown(config, T: int, B: int, tiny: bool = False) -> list[dict]:
     qkv = rand(B, T, H + 2 * K, hs)
     cos, sin = build_rope_cache(T, hs, config.rope_base, device)
     h = rand(B, T, 2 * I)
-    elementwise = [
-        ("rms_norm", _fwd_bwd(lambda a, b: rms_norm(a, b, 1e-5), (x32, w)), 2 * _bytes(x32) + 2 * _bytes(res)),
-        ("add_rms_norm", _fwd_bwd(lambda a, r, b: add_rms_norm(a, r, b, 1e-5), (res, x32, w)),
+    elementwise = [  # (kernel, calls per Block, fwd+bwd, bytes): every residual add is fused into the next norm
+        ("add_rms_norm", 2, _fwd_bwd(lambda a, r, b: add_rms_norm(a, r, b, 1e-5), (res, x32, w)),
          4 * _bytes(x32) + 4 * _bytes(res)),
-        ("rope", _fwd_bwd(lambda t: apply_rope(*t.split([H, K, K], dim=2)[:2], cos, sin), (qkv,)),
+        ("rope", 1, _fwd_bwd(lambda t: apply_rope(*t.split([H, K, K], dim=2)[:2], cos, sin), (qkv,)),
          4 * _bytes(qkv) * (H + K) // (H + 2 * K)),
-        ("swiglu", _fwd_bwd(swiglu_packed, (h,)), _bytes(h) * 3 + _bytes(h) // 2 * 2),
+        ("swiglu", 1, _fwd_bwd(swiglu_packed, (h,)), _bytes(h) * 3 + _bytes(h) // 2 * 2),
     ]
-    ms = sum(timed(fn) for _, fn, _ in elementwise) * L
-    add(f"norms + RoPE + SwiGLU kernels fwd+bwd, {L} blocks", ms, nbytes=L * sum(b for _, _, b in elementwise))
+    ms = sum(n * timed(fn) for _, n, fn, _ in elementwise) * L
+    add(f"norms + RoPE + SwiGLU kernels fwd+bwd, {L} blocks", ms,
+        nbytes=L * sum(n * b for _, n, _, b in elementwise))
     del x32, res, qkv, h, elementwise
 
     xh, wh = rand(N, C), rand(V, C, dt=torch.float32)

@@ -78,9 +78,13 @@ class GPT(nn.Module):
         # guard on (a cache filled on the first call made it recompile the whole model on the second).
         cos, sin = rope_at(positions, self.config.head_size, self.config.rope_base)
         x = self.embed(idx)
+        # Each Block returns its MLP output unadded: the next norm adds it to the residual stream in the same pass
+        # (one fused kernel with kernels on). The first Block gets zeros made from x (so they require grad exactly
+        # when the later deltas do): every Block sees the same kind of inputs and torch.compile makes one graph.
+        delta = x * 0
         for block in self.blocks:
-            x = block(x, cos, sin, input_pos)
-        x = self.norm(x)
+            x, delta = block(x, delta, cos, sin, input_pos)
+        x, _ = self.norm.add_and_norm(delta, x)
         if targets is None:
             return self.lm_head(x)
         return self.loss_from_hidden(x, targets, ignore_index)
@@ -119,16 +123,14 @@ class Block(nn.Module):
         for m in (self.attn_norm, self.attn, self.mlp_norm, self.mlp):
             m.kernels = enabled
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                input_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if _use_kernels(self.mlp_norm, x):  # the residual add fused into the second norm
-            from lit_gpt.kernels import add_rms_norm
-
-            h, x = add_rms_norm(self.attn(self.attn_norm(x), cos, sin, input_pos), x, self.mlp_norm.weight,
-                                self.mlp_norm.eps)
-            return x + self.mlp(h)
-        x = x + self.attn(self.attn_norm(x), cos, sin, input_pos)
-        return x + self.mlp(self.mlp_norm(x))
+    def forward(self, x: torch.Tensor, delta: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                input_pos: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: the residual stream before the previous Block's MLP output `delta` is added. Returns the stream after
+        this Block's attention and this Block's MLP output, again unadded. Sums in the same order as
+        `x = x + attn(norm(x)); x = x + mlp(norm(x))`, so the result is identical; only the passes are fused."""
+        h, x = self.attn_norm.add_and_norm(delta, x)
+        h, x = self.mlp_norm.add_and_norm(self.attn(h, cos, sin, input_pos), x)
+        return x, self.mlp(h)
 
 
 class CausalSelfAttention(nn.Module):
@@ -228,6 +230,14 @@ class RMSNorm(nn.Module):
             from lit_gpt.kernels import rms_norm
             return rms_norm(x, self.weight, self.eps)
         return rms_norm_reference(x, self.weight, self.eps)
+
+    def add_and_norm(self, delta: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(residual + delta), residual + delta): one fused pass with kernels on."""
+        if _use_kernels(self, residual):
+            from lit_gpt.kernels import add_rms_norm
+            return add_rms_norm(delta, residual, self.weight, self.eps)
+        residual = residual + delta
+        return self(residual), residual
 
 
 def _use_kernels(module: nn.Module, x: torch.Tensor) -> bool:
