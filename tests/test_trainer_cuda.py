@@ -56,5 +56,6 @@ def test_fsdp_one_device_kill_and_resume(data, tmp_path):
     assert all(math.isclose(x, y, rel_tol=1e-2) for (_, x), (_, y) in zip(expected, got)), (expected, got)
     a, b = final_weights(tmp_path / "full"), final_weights(tmp_path / "crash")
     assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=2e-2, atol=2e-3, msg=k)
+    for k in a:  # relative norm: Adam turns tiny gradient noise into +-lr steps on single elements
+        rel = float((b[k].float() - a[k].float()).norm() / a[k].float().norm())
+        assert rel < 1e-2, f"{k}: resumed weights differ from the uninterrupted run by {rel:.3g} (relative norm)"
