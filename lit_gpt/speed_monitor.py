@@ -14,6 +14,7 @@ import torch
 PEAK_BF16_TFLOPS: dict[str, float] = {
     "H100 SXM": 989.0,
     "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,  # NVIDIA's datasheet: 1,671 with sparsity
     "H200": 989.0,
     "A100": 312.0,
     "A10G": 125.0,
@@ -28,9 +29,8 @@ def device_key(name: str) -> Optional[str]:
     n = name.upper()
     if "H200" in n or "GH200" in n:
         return "H200"
-    if "H100" in n:
-        # SXM parts report HBM3; PCIe parts say PCIe. The NVL (PCIe form factor, HBM3) runs near SXM clocks.
-        return "H100 PCIe" if "PCIE" in n else "H100 SXM"
+    if "H100" in n:  # SXM parts report "80GB HBM3"; the PCIe card says PCIe; the NVL card says NVL
+        return "H100 PCIe" if "PCIE" in n else "H100 NVL" if "NVL" in n else "H100 SXM"
     for key in ("A100", "A10G", "L40S", "RTX 4090", "RTX 3090"):
         if key.upper() in n:
             return key

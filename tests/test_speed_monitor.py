@@ -64,3 +64,16 @@ def test_excluded_pause_does_not_count():
     mon.update(3, 300, now=13.0)
     assert mon.compute(max_steps=4)["tokens_per_s"] == pytest.approx(100.0)
     assert mon.compute(max_steps=4)["eta_s"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name, key", [
+    ("NVIDIA H100 80GB HBM3", "H100 SXM"), ("NVIDIA H100 PCIe", "H100 PCIe"), ("NVIDIA H100 NVL", "H100 NVL"),
+    ("NVIDIA H200", "H200"), ("NVIDIA GH200 480GB", "H200"), ("NVIDIA A100-SXM4-80GB", "A100"),
+    ("NVIDIA GeForce RTX 4090", "RTX 4090"), ("NVIDIA L40S", "L40S"), ("Tesla T4", None),
+])
+def test_device_names_map_to_their_peak(name, key):
+    """torch.cuda.get_device_name strings -> the peak table; an unknown GPU has no MFU rather than a wrong one."""
+    from lit_gpt.speed_monitor import PEAK_BF16_TFLOPS, device_key
+
+    assert device_key(name) == key
+    assert key is None or key in PEAK_BF16_TFLOPS
