@@ -7,14 +7,15 @@
 #   bash benchmarks/run_gpu.sh micro       # MicroLlama-300M training step, lit_gpt variants, micro batch 8/16/32
 #   bash benchmarks/run_gpu.sh peers       # the same for HF (eager, compiled, Liger) and litgpt, micro batch 8/16
 #   bash benchmarks/run_gpu.sh tinyllama   # TinyLlama-1.1B shape, best lit_gpt variant vs the best peers
-#   bash benchmarks/run_gpu.sh all         # all of the above in one go (~40 minutes)
+#   bash benchmarks/run_gpu.sh autotune    # the compiled lit_gpt rows again with --compile-mode max-autotune-no-cudagraphs
+#   bash benchmarks/run_gpu.sh all         # all of the above in one go (~50 minutes)
 #
 # Wheels in .whl/ (benchmarks/fetch_wheels.sh) are installed into /tmp/site first, for machines with no internet.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:-}
-case "$stage" in tests|kernels|micro|peers|tinyllama|all) ;; *)
-  echo "usage: bash benchmarks/run_gpu.sh tests|kernels|micro|peers|tinyllama|all" >&2; exit 2 ;;
+case "$stage" in tests|kernels|micro|peers|tinyllama|autotune|all) ;; *)
+  echo "usage: bash benchmarks/run_gpu.sh tests|kernels|micro|peers|tinyllama|autotune|all" >&2; exit 2 ;;
 esac
 PY=${PYTHON:-python3}
 out=${OUT:-out/gpu}
@@ -56,13 +57,17 @@ run_stage() {
       "$PY" benchmarks/train_throughput.py --model TinyLlama-1.1B --micro-batches 4 8 --variants \
         "lit_gpt kernels+compile" "litgpt compile" "hf liger" --no-breakdown --budget "$BUDGET" \
         --json "$out/tinyllama.json" 2> "$out/tinyllama.err" | tee "$out/tinyllama.md" ;;
+    autotune)
+      "$PY" benchmarks/train_throughput.py --variants "lit_gpt kernels+compile" "lit_gpt compile" --micro-batches 16 \
+        --compile-mode max-autotune-no-cudagraphs --no-breakdown --budget "$BUDGET" --json "$out/autotune.json" \
+        2> "$out/autotune.err" | tee "$out/autotune.md" ;;
   esac
 }
 
 environment | tee "$out/environment.txt"
 status=0
 if [ "$stage" = all ]; then
-  for s in tests kernels micro peers tinyllama; do run_stage "$s" || status=1; done
+  for s in tests kernels micro peers tinyllama autotune; do run_stage "$s" || status=1; done
 else
   run_stage "$stage" || status=1
 fi

@@ -48,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend for the compiled rows")
+    p.add_argument("--compile-mode", default="default", choices=["default", "max-autotune-no-cudagraphs"],
+                   help="torch.compile mode for the compiled rows (the trainer's --compile_mode)")
     p.add_argument("--attention", default="auto", help="lit_gpt attention backend: auto, cudnn, flash_attn, sdpa")
     p.add_argument("--no-breakdown", action="store_true", help="skip the per-part breakdown of the step")
     p.add_argument("--timeout", type=int, default=900, help="seconds allowed per variant process")
@@ -68,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---- building each variant ------------------------------------------------------------------------------------
-def build(variant: str, config, device, compile_backend: str):
+def build(variant: str, config, device, compile_backend: str, compile_mode: str = "default"):
     """Returns (model, loss_fn(model, idx, targets) -> scalar loss)."""
     import torch
     import torch.nn.functional as F
@@ -118,9 +120,10 @@ def build(variant: str, config, device, compile_backend: str):
         if variant.startswith("lit_gpt"):  # exactly as the trainer's --compile does it: each Block
             from lit_gpt.trainer import wrap_blocks
 
-            wrap_blocks(model, activation_checkpointing=False, compile=True, backend=compile_backend)
+            wrap_blocks(model, activation_checkpointing=False, compile=True, backend=compile_backend,
+                        mode=compile_mode)
         else:
-            model = torch.compile(model, backend=compile_backend)
+            model = torch.compile(model, backend=compile_backend, mode=compile_mode)
     return model, loss_fn
 
 
@@ -143,7 +146,7 @@ def run_worker(args) -> dict:
            "torch": torch.__version__}
     set_attention_backend(args.attention)
     torch.manual_seed(0)
-    model, loss_fn = build(args.worker, config, device, args.compile_backend)
+    model, loss_fn = build(args.worker, config, device, args.compile_backend, args.compile_mode)
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=fused)
     data = torch.randint(0, config.vocab_size, (B, T + 1), device=device)
@@ -211,7 +214,8 @@ def worker_main(args) -> None:
 def child_command(args, variant: str, micro_batch: int) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--micro-batch", str(micro_batch),
            "--model", args.model, "--warmup", str(args.warmup), "--steps", str(args.steps),
-           "--compile-backend", args.compile_backend, "--attention", args.attention]
+           "--compile-backend", args.compile_backend, "--compile-mode", args.compile_mode,
+           "--attention", args.attention]
     if args.seq_len:
         cmd += ["--seq-len", str(args.seq_len)]
     if args.tiny:

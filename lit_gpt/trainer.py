@@ -63,6 +63,10 @@ class TrainArgs:
     """Use the fused Triton kernels of lit_gpt.kernels (CUDA only)."""
     compile: bool = False
     """torch.compile each transformer Block."""
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
+    """torch.compile mode with --compile: max-autotune-no-cudagraphs also tries Triton GEMMs with the elementwise
+    work fused into them (minutes more compile time, paid once per run; measure with benchmarks/train_throughput.py
+    --compile-mode before a long run). Modes with CUDA graphs are not offered: they do not mix with FSDP."""
     activation_checkpointing: bool = False
     """Recompute each Block's activations in the backward pass (less memory, ~30% more compute)."""
 
@@ -335,7 +339,8 @@ def _parallelize_fsdp(model: nn.Module, device_mesh, precision: str) -> nn.Modul
     return model
 
 
-def wrap_blocks(model: GPT, activation_checkpointing: bool, compile: bool, backend: str = "inductor") -> None:
+def wrap_blocks(model: GPT, activation_checkpointing: bool, compile: bool, backend: str = "inductor",
+                mode: str = "default") -> None:
     """Per-Block activation checkpointing and torch.compile, in place (parameter names stay unchanged). Blocks are
     FSDP2's wrapping unit too; all of them share one compiled graph (compiled once, not once per layer).
     benchmarks/train_throughput.py compiles through here, so its numbers are the trainer's."""
@@ -345,7 +350,7 @@ def wrap_blocks(model: GPT, activation_checkpointing: bool, compile: bool, backe
 
             checkpoint(block)
         if compile:
-            block.compile(backend=backend)
+            block.compile(backend=backend, mode=mode)
 
 
 # ==== the loop =======================================================================================================
@@ -375,7 +380,7 @@ class Trainer:
             model = GPT(self.config, kernels=args.kernels)
         if args.init_checkpoint is not None and resume_path is None:
             self._load_init_weights(model)
-        wrap_blocks(model, args.activation_checkpointing, args.compile)
+        wrap_blocks(model, args.activation_checkpointing, args.compile, mode=args.compile_mode)
         self.model = fabric.setup_module(model)
         self.optimizer = fabric.setup_optimizers(_make_optimizer(model, args, fabric.device))
 

@@ -313,12 +313,14 @@ def test_lm_eval_args_errors(tiny_4096, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_compile_same_loss_and_compiles_once(tiny_data, tmp_path):
-    """--compile (inductor, each Block, with and without activation checkpointing) changes speed, not the math:
-    per-step losses match the eager run, and the Blocks share one compiled graph with no recompiles."""
+    """--compile (inductor, each Block; also with activation checkpointing, and with --compile_mode
+    max-autotune-no-cudagraphs) changes speed, not the math: per-step losses match the eager run, and the Blocks
+    share one compiled graph with no recompiles."""
     from torch._dynamo.utils import counters
 
     run(tiny_args(tiny_data, tmp_path / "eager", "--max_steps", "3"))
-    for name, extra in [("compiled", []), ("compiled_ckpt", ["--activation_checkpointing", "true"])]:
+    for name, extra in [("compiled", []), ("compiled_ckpt", ["--activation_checkpointing", "true"]),
+                        ("autotuned", ["--compile_mode", "max-autotune-no-cudagraphs"])]:
         torch._dynamo.reset()
         counters.clear()
         run(tiny_args(tiny_data, tmp_path / name, "--max_steps", "3", "--compile", "true", *extra))
