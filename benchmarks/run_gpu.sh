@@ -9,14 +9,20 @@
 #   bash benchmarks/run_gpu.sh tinyllama   # TinyLlama-1.1B shape, best lit_gpt variant vs the best peers
 #   bash benchmarks/run_gpu.sh autotune    # the compiled lit_gpt rows again with --compile-mode max-autotune-no-cudagraphs
 #   bash benchmarks/run_gpu.sh all         # all of the above in one go (~50 minutes)
+#   bash benchmarks/run_gpu.sh tests kernels   # several stages, in this order
 #
 # Wheels in .whl/ (benchmarks/fetch_wheels.sh) are installed into /tmp/site first, for machines with no internet.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-stage=${1:-}
-case "$stage" in tests|kernels|micro|peers|tinyllama|autotune|all) ;; *)
-  echo "usage: bash benchmarks/run_gpu.sh tests|kernels|micro|peers|tinyllama|autotune|all" >&2; exit 2 ;;
-esac
+ALL=(tests kernels micro peers tinyllama autotune)
+stages=("$@")
+[ "${1:-}" = all ] && stages=("${ALL[@]}")
+[ ${#stages[@]} -gt 0 ] || stages=(none)
+for s in "${stages[@]}"; do
+  case " ${ALL[*]} " in *" $s "*) ;; *)
+    echo "usage: bash benchmarks/run_gpu.sh all | STAGE... (stages: ${ALL[*]})" >&2; exit 2 ;;
+  esac
+done
 PY=${PYTHON:-python3}
 out=${OUT:-out/gpu}
 mkdir -p "$out"
@@ -36,16 +42,16 @@ environment() {
   date -u +"%Y-%m-%d %H:%M UTC"
 }
 
-BUDGET=${BUDGET:-510}  # seconds of rows per benchmark stage; the table is printed even when it runs out
+BUDGET=${BUDGET:-510}  # seconds per stage (benchmark stages print their table even when it runs out)
 OURS=("lit_gpt kernels+compile" "lit_gpt compile" "lit_gpt kernels" "lit_gpt eager")  # most important first
 
 run_stage() {
   case "$1" in
     tests)
-      "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_trainer_cuda.py tests/test_model.py \
-        2>&1 | tee "$out/tests.log" ;;
+      timeout "$BUDGET" "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_trainer_cuda.py \
+        tests/test_model.py 2>&1 | tee "$out/tests.log" ;;
     kernels)
-      "$PY" benchmarks/kernels.py 2> "$out/kernels.err" | tee "$out/kernels.md" ;;
+      timeout "$BUDGET" "$PY" benchmarks/kernels.py 2> "$out/kernels.err" | tee "$out/kernels.md" ;;
     micro)
       "$PY" benchmarks/train_throughput.py --variants "${OURS[@]}" --budget "$BUDGET" --json "$out/micro.json" \
         2> "$out/micro.err" | tee "$out/micro.md" ;;
@@ -66,9 +72,8 @@ run_stage() {
 
 environment | tee "$out/environment.txt"
 status=0
-if [ "$stage" = all ]; then
-  for s in tests kernels micro peers tinyllama autotune; do run_stage "$s" || status=1; done
-else
-  run_stage "$stage" || status=1
-fi
+for s in "${stages[@]}"; do
+  echo "== $s" >&2
+  run_stage "$s" || status=1
+done
 exit $status
