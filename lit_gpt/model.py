@@ -80,8 +80,10 @@ class GPT(nn.Module):
         x = self.embed(idx)
         # Each Block returns its MLP output unadded: the next norm adds it to the residual stream in the same pass
         # (one fused kernel with kernels on). The first Block gets zeros made from x (so they require grad exactly
-        # when the later deltas do): every Block sees the same kind of inputs and torch.compile makes one graph.
-        delta = x * 0
+        # when the later deltas do) in the dtype the MLP outputs (autocast's): every Block sees the same kind of
+        # inputs, so torch.compile makes one graph for all of them.
+        mlp_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        delta = x.to(mlp_dtype) * 0
         for block in self.blocks:
             x, delta = block(x, delta, cos, sin, input_pos)
         x, _ = self.norm.add_and_norm(delta, x)

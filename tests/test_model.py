@@ -78,3 +78,23 @@ def test_compiled_model_compiles_once():
     with torch._dynamo.config.patch(error_on_recompile=True):
         for _ in range(2):
             compiled(idx, idx).backward()
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_blocks_share_one_compiled_graph(autocast):
+    """Per-Block compile (the trainer's --compile), float32 and under bf16 autocast: every Block, the first one
+    included, gets inputs of the same kinds, so all share one graph (a float32 zero delta before the first Block
+    made the second one recompile under autocast, where the MLP outputs bf16)."""
+    from torch._dynamo.utils import counters
+
+    from lit_gpt.trainer import wrap_blocks
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = GPT(Config.from_name("tiny"))
+    wrap_blocks(model, activation_checkpointing=False, compile=True, backend="eager")
+    idx = torch.randint(0, model.config.vocab_size, (2, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        for _ in range(2):
+            model(idx, idx).backward()
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
