@@ -4,17 +4,18 @@
 #
 #   bash benchmarks/run_gpu.sh tests       # CUDA kernel tests (float64 references, bf16 model shapes), trainer on GPU
 #   bash benchmarks/run_gpu.sh kernels     # per-kernel fwd+bwd time and memory vs eager / compiled / Liger
-#   bash benchmarks/run_gpu.sh micro       # MicroLlama-300M training step, lit_gpt variants, micro batch 8/16/32
+#   bash benchmarks/run_gpu.sh micro       # MicroLlama-300M training step, every lit_gpt variant at micro batch 16
+#   bash benchmarks/run_gpu.sh sweep       # the two fastest lit_gpt variants at micro batch 8 and 32
 #   bash benchmarks/run_gpu.sh peers       # the same for HF (eager, compiled, Liger) and litgpt, micro batch 8/16
 #   bash benchmarks/run_gpu.sh tinyllama   # TinyLlama-1.1B shape, best lit_gpt variant vs the best peers
 #   bash benchmarks/run_gpu.sh autotune    # the compiled lit_gpt rows again with --compile-mode max-autotune-no-cudagraphs
-#   bash benchmarks/run_gpu.sh all         # all of the above in one go (~50 minutes)
+#   bash benchmarks/run_gpu.sh all         # all of the above in one go (~60 minutes)
 #   bash benchmarks/run_gpu.sh tests kernels   # several stages, in this order
 #
 # Wheels in .whl/ (benchmarks/fetch_wheels.sh) are installed into /tmp/site first, for machines with no internet.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-ALL=(tests kernels micro peers tinyllama autotune)
+ALL=(tests kernels micro sweep peers tinyllama autotune)
 stages=("$@")
 [ "${1:-}" = all ] && stages=("${ALL[@]}")
 [ ${#stages[@]} -gt 0 ] || stages=(none)
@@ -43,7 +44,8 @@ environment() {
 }
 
 BUDGET=${BUDGET:-510}  # seconds per stage (benchmark stages print their table even when it runs out)
-OURS=("lit_gpt kernels+compile" "lit_gpt compile" "lit_gpt kernels" "lit_gpt eager")  # most important first
+BEST=("lit_gpt kernels+compile" "lit_gpt kernels+compile fsdp")
+OURS=("${BEST[@]}" "lit_gpt compile" "lit_gpt kernels" "lit_gpt eager")  # most important first
 
 run_stage() {
   case "$1" in
@@ -53,8 +55,11 @@ run_stage() {
     kernels)
       timeout "$BUDGET" "$PY" benchmarks/kernels.py 2> "$out/kernels.err" | tee "$out/kernels.md" ;;
     micro)
-      "$PY" benchmarks/train_throughput.py --variants "${OURS[@]}" --budget "$BUDGET" --json "$out/micro.json" \
-        2> "$out/micro.err" | tee "$out/micro.md" ;;
+      "$PY" benchmarks/train_throughput.py --variants "${OURS[@]}" --micro-batches 16 --budget "$BUDGET" \
+        --json "$out/micro.json" 2> "$out/micro.err" | tee "$out/micro.md" ;;
+    sweep)
+      "$PY" benchmarks/train_throughput.py --variants "${BEST[@]}" --micro-batches 8 32 --no-breakdown \
+        --budget "$BUDGET" --json "$out/sweep.json" 2> "$out/sweep.err" | tee "$out/sweep.md" ;;
     peers)
       "$PY" benchmarks/train_throughput.py --variants "litgpt compile" "hf liger" "hf compile" "litgpt eager" \
         "hf eager" --micro-batches 8 16 --no-breakdown --budget "$BUDGET" --json "$out/peers.json" \

@@ -1,6 +1,8 @@
 """Training throughput of the real step (forward, backward, clip_grad_norm_, fused AdamW, bf16-mixed autocast):
-this project eager / with kernels / compiled / both, against the peers that import here (HF transformers
-LlamaForCausalLM eager / compiled / with Liger kernels, litgpt GPT eager / compiled).
+this project eager / with kernels / compiled / both (one GPU, as the trainer runs it there) / both under FSDP2 in a
+world of one process (bf16 parameters: each GPU's work in the multi-GPU recipe, minus the communication), against
+the peers that import here (HF transformers LlamaForCausalLM eager / compiled / with Liger kernels, litgpt GPT eager
+/ compiled).
 
 Each (variant, micro batch) runs in its own process, so an OOM or a monkey-patch (Liger) cannot leak into the
 next row. Prints a Markdown table of tokens/s, MFU (FLOPs/token = Config.flops_per_token(T), peak from
@@ -29,7 +31,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-OURS = ["lit_gpt eager", "lit_gpt kernels", "lit_gpt compile", "lit_gpt kernels+compile"]
+OURS = ["lit_gpt eager", "lit_gpt kernels", "lit_gpt compile", "lit_gpt kernels+compile", "lit_gpt kernels+compile fsdp"]
 PEERS = {  # variant -> module that must import
     "hf eager": "transformers", "hf compile": "transformers", "hf liger": "liger_kernel",
     "litgpt eager": "litgpt", "litgpt compile": "litgpt",
@@ -124,7 +126,28 @@ def build(variant: str, config, device, compile_backend: str, compile_mode: str 
                         mode=compile_mode)
         else:
             model = torch.compile(model, backend=compile_backend, mode=compile_mode)
+    if variant.endswith("fsdp"):  # the multi-GPU recipe's per-device work: FSDP2 as the trainer applies it
+        model = fully_shard_alone(model, device)
     return model, loss_fn
+
+
+def fully_shard_alone(model, device):
+    """FSDP2 over a world of one process (no communication to wait for): bf16 parameters and activations with fp32
+    master weights and gradients, as each GPU of an FSDP run computes them."""
+    import socket
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from lit_gpt.trainer import parallelize_fsdp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1,
+                            init_method=f"tcp://127.0.0.1:{port}")
+    mesh = init_device_mesh(device.type, (1,), mesh_dim_names=("data_parallel",))
+    return parallelize_fsdp(model, mesh, precision="bf16-mixed" if device.type == "cuda" else "32-true")
 
 
 def run_worker(args) -> dict:
@@ -176,7 +199,7 @@ def run_worker(args) -> dict:
     tokens_per_s = B * T * args.steps / elapsed
     peak = peak_flops(device)
     row.update(status="ok", tokens_per_s=tokens_per_s, step_ms=elapsed / args.steps * 1e3,
-               mfu=mfu(tokens_per_s, config.flops_per_token(T), peak), loss=float(loss),
+               mfu=mfu(tokens_per_s, config.flops_per_token(T), peak), loss=float(loss.detach()),
                peak_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
                device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
     return row
@@ -208,6 +231,8 @@ def worker_main(args) -> None:
         status = "OOM" if "out of memory" in str(e).lower() else f"error: {type(e).__name__}: {str(e)[:160]}"
         row = {"variant": args.worker, "micro_batch": args.micro_batch, "status": status}
     print(RESULT_TAG + json.dumps(row), flush=True)
+    if torch.distributed.is_initialized():  # the fsdp variant's world of one
+        torch.distributed.destroy_process_group()
 
 
 # ---- the parent: one process per row ---------------------------------------------------------------------------

@@ -222,7 +222,7 @@ def train(args: TrainArgs) -> None:
         from lightning.fabric.strategies import ModelParallelStrategy
 
         strategy: Any = ModelParallelStrategy(
-            parallelize_fn=partial(_parallelize_fsdp, precision=precision),
+            parallelize_fn=partial(parallelize_fsdp, precision=precision),
             data_parallel_size=world_size, tensor_parallel_size=1)
     elif strategy_name == "ddp":
         strategy = "ddp"
@@ -326,8 +326,9 @@ def _model_config(args: TrainArgs) -> Config:
         raise TrainError(str(e)) from None
 
 
-def _parallelize_fsdp(model: nn.Module, device_mesh, precision: str) -> nn.Module:
-    """FSDP2: shard each Block, then the root (embedding, final norm, lm_head). bf16 compute, fp32 reductions."""
+def parallelize_fsdp(model: nn.Module, device_mesh, precision: str) -> nn.Module:
+    """FSDP2: shard each Block, then the root (embedding, final norm, lm_head). bf16 compute, fp32 reductions.
+    `device_mesh` has a "data_parallel" dim (Fabric's ModelParallelStrategy makes it; the benchmark makes a 1-D one)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = device_mesh["data_parallel"]

@@ -1,6 +1,8 @@
 """The benchmarks' --tiny modes run the same code paths as on a GPU (one process per variant, the step
 breakdown, the per-kernel table) on the CPU, with the kernels interpreted; the tables must hold measured rows."""
 
+import json
+import math
 import re
 import subprocess
 import sys
@@ -26,11 +28,15 @@ def measured(table_text, name):
 
 @pytest.mark.slow
 def test_train_throughput_tiny(tmp_path):
-    out = run("train_throughput.py", "--tiny", "--variants", "lit_gpt eager", "lit_gpt kernels", "lit_gpt compile",
-              "hf eager", "litgpt eager", "--json", str(tmp_path / "r.json"))
+    out = run("train_throughput.py", "--tiny", "--variants", "lit_gpt eager", "lit_gpt compile",
+              "lit_gpt kernels+compile fsdp", "hf eager", "litgpt eager", "--json", str(tmp_path / "r.json"))
     assert "| variant | micro batch | tokens/s | MFU | peak GiB | step ms |" in out
-    for name in ("lit_gpt eager", "lit_gpt kernels", "lit_gpt compile", "hf eager"):
+    for name in ("lit_gpt eager", "lit_gpt compile", "lit_gpt kernels+compile fsdp", "hf eager"):
         assert measured(out, name) > 0
+    results = {r["variant"]: r for r in json.loads((tmp_path / "r.json").read_text())["rows"]}
+    # same seed, same data, float32 on the CPU: FSDP2 over one process and the kernels compute the eager loss
+    assert math.isclose(results["lit_gpt kernels+compile fsdp"]["loss"], results["lit_gpt eager"]["loss"],
+                        rel_tol=1e-5)
     assert "litgpt eager (litgpt not installed)" in out or measured(out, "litgpt eager") > 0
     assert "### Step breakdown" in out
     for part in ("GEMMs", "attention fwd+bwd", "norms + RoPE + SwiGLU", "lm_head + cross-entropy", "clip_grad_norm_ + AdamW"):
