@@ -31,7 +31,8 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-OURS = ["lit_gpt eager", "lit_gpt kernels", "lit_gpt compile", "lit_gpt kernels+compile", "lit_gpt kernels+compile fsdp"]
+OURS = ["lit_gpt eager", "lit_gpt kernels", "lit_gpt compile", "lit_gpt kernels+compile",
+        "lit_gpt kernels+compile fsdp"]
 PEERS = {  # variant -> module that must import
     "hf eager": "transformers", "hf compile": "transformers", "hf liger": "liger_kernel",
     "litgpt eager": "litgpt", "litgpt compile": "litgpt",
