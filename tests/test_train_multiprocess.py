@@ -109,38 +109,37 @@ def test_sigterm_to_one_rank_stops_both_at_the_next_log_step(data, tmp_path):
     assert latest_checkpoint(tmp_path / "out").name == "step-00000004"
 
 
+def run_plain_and_fused_bf16(data, tmp_path, common: list[str]):
+    """Two bf16-mixed runs with the same flags: plain, then with the Triton kernels (interpreted) and compiled Blocks.
+    Checks what both GPU-path simulations share (both finish, steps 1-2 logged, losses equal to bf16 tolerance but
+    not bit-identical, so the kernels ran) and returns the fused run's process and the plain run's losses."""
+    common = [*common, "--max_steps", "2", "--precision", "bf16-mixed"]
+    plain = launch(args(data, tmp_path / "plain", *common))
+    fused = launch(args(data, tmp_path / "fused", *common, "--kernels", "true", "--compile", "true"),
+                   {"TRITON_INTERPRET": "1", "TORCH_LOGS": "recompiles"})
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert fused.returncode == 0, fused.stderr[-3000:]
+    a, b = losses(tmp_path / "plain"), losses(tmp_path / "fused")
+    assert [s for s, _ in b] == [1, 2] and a != b  # not bit-identical: the kernels ran
+    assert all(math.isclose(x, y, rel_tol=1e-3) for (_, x), (_, y) in zip(a, b)), (a, b)
+    return fused, a
+
+
 def test_fsdp_bf16_with_kernels_and_compile_matches_plain(data, tmp_path):
     """The GPU recipe's path, simulated on the CPU: FSDP2 with 2 processes, bf16-mixed (bf16 parameters, fp32
     gradient reduction, autocast), gradient accumulation, the Triton kernels (interpreted) and a compiled Block,
     against the same run with neither: the same per-step losses to bf16 tolerance, so the custom ops and the compiled
     Blocks compose with FSDP2's mixed precision."""
-    common = ["--accelerator", "cpu", "--devices", "2", "--strategy", "fsdp", "--max_steps", "2",
-              "--precision", "bf16-mixed"]
-    plain = launch(args(data, tmp_path / "plain", *common))
-    fused = launch(args(data, tmp_path / "fused", *common, "--kernels", "true", "--compile", "true"),
-                   {"TRITON_INTERPRET": "1"})
-    assert plain.returncode == 0, plain.stderr[-3000:]
-    assert fused.returncode == 0, fused.stderr[-3000:]
+    fused, a = run_plain_and_fused_bf16(data, tmp_path, ["--accelerator", "cpu", "--devices", "2",
+                                                        "--strategy", "fsdp"])
     assert "precision bf16-mixed" in fused.stdout
-    a, b = losses(tmp_path / "plain"), losses(tmp_path / "fused")
-    assert [s for s, _ in b] == [1, 2]
-    assert all(math.isclose(x, y, rel_tol=1e-3) for (_, x), (_, y) in zip(a, b)), (a, b)
     assert a[-1][1] != a[0][1]  # the weights moved, so step 2 compares updated models
-    assert a != b  # bit-identical would mean the kernels never ran
 
 
 def test_one_process_bf16_with_kernels_and_compile_matches_plain(data, tmp_path):
     """The one-GPU recipe's path, simulated on the CPU: bf16-mixed autocast (float32 parameters and residual stream,
     bf16 MLP outputs) with the Triton kernels (interpreted) and compiled Blocks: no Block recompiles, and the losses
     of the plain bf16 run to bf16 tolerance."""
-    common = ["--accelerator", "cpu", "--devices", "1", "--global_batch_size", "2", "--max_steps", "2",
-              "--precision", "bf16-mixed"]
-    plain = launch(args(data, tmp_path / "plain", *common))
-    fused = launch(args(data, tmp_path / "fused", *common, "--kernels", "true", "--compile", "true"),
-                   {"TRITON_INTERPRET": "1", "TORCH_LOGS": "recompiles"})
-    assert plain.returncode == 0, plain.stderr[-3000:]
-    assert fused.returncode == 0, fused.stderr[-3000:]
+    fused, _ = run_plain_and_fused_bf16(data, tmp_path, ["--accelerator", "cpu", "--devices", "1",
+                                                        "--global_batch_size", "2"])
     assert "strategy single" in fused.stdout and "Recompiling" not in fused.stderr, fused.stderr[-3000:]
-    a, b = losses(tmp_path / "plain"), losses(tmp_path / "fused")
-    assert [s for s, _ in b] == [1, 2] and a != b  # not bit-identical: the kernels ran
-    assert all(math.isclose(x, y, rel_tol=1e-3) for (_, x), (_, y) in zip(a, b)), (a, b)
