@@ -5,6 +5,7 @@ with one they run on CUDA, plus the bigger bf16 `cuda` tests. Outputs are poison
 every torch.empty NaN-filled, so an element a kernel forgets to write shows up as NaN.
 """
 
+import math
 import os
 
 import pytest
@@ -201,6 +202,130 @@ def test_linear_cross_entropy_rejects_bad_shapes():
         linear_cross_entropy(fresh(4, 8, seed=0), fresh(10, 7, seed=1), torch.zeros(4, dtype=torch.long))
 
 
+# ---- input layouts --------------------------------------------------------------------------------------------
+LAYOUTS = ["offset", "step", "transposed", "expanded"]
+
+
+def in_layout(shape, layout, make):
+    """A leaf `base = make(*base_shape)` and a function viewing a base as `shape` in `layout`: "offset" (storage
+    offset 3), "step" (every other element of the last dim), "transposed" (dims reversed in memory; 1-D stays
+    dense), "expanded" (one row broadcast over dim 0, stride 0). Bases are big enough that a kernel reading a
+    strided view densely gives a wrong result, not a crash. The base's gradient checks the backward, zeros where
+    the view does not reach included."""
+    numel = math.prod(shape)
+    if layout == "offset":
+        return make(numel + 3), lambda b: b[3:].view(shape)
+    if layout == "step":
+        return make(*shape[:-1], 2 * shape[-1]), lambda b: b[..., 1::2]
+    if layout == "transposed":
+        return make(*reversed(shape)), lambda b: b.permute(*reversed(range(len(shape))))
+    assert layout == "expanded"
+    return make(shape[0] + 1, *shape[1:]), lambda b: b[1:2].expand(shape)
+
+
+def leaf_in_layout(shape, layout, seed, scale=1.0):
+    """(base, view, base64, view64): a fresh float32 leaf requiring grad seen in `layout`, and its float64 twin."""
+    base, view = in_layout(shape, layout, lambda *s: fresh(*s, seed=seed, scale=scale))
+    base.requires_grad_()
+    base64 = as64(base)
+    return base, view(base), base64, view(base64)
+
+
+def laid_out(shape, layout, seed, scale=1.0):
+    """Fresh float32 values seen in `layout`, without gradient (incoming gradients, RoPE tables)."""
+    return leaf_in_layout(shape, layout, seed, scale)[1].detach()
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_rms_norm_any_input_layout_matches_float64(layout, residual):
+    shape, seed = (3, 2, 16), 50 + LAYOUTS.index(layout)
+    xb, x, xb64, x64 = leaf_in_layout(shape, layout, seed)
+    rb, r, rb64, r64 = leaf_in_layout(shape, layout, seed + 1)
+    wb, w, wb64, w64 = leaf_in_layout(shape[-1:], layout, seed + 2)
+    dy = laid_out(shape, layout, seed + 3)  # strided and stride-0 incoming gradients too
+    if residual:
+        (y, s), (y64, s64) = add_rms_norm(x, r, w, 1e-5), add_rms_norm_reference(x64, r64, w64, 1e-5)
+        close(s, s64)
+    else:
+        y, y64 = rms_norm(x, w, 1e-5), rms_norm_reference(x64, w64, 1e-5)
+    close(y, y64)
+    y.backward(dy)
+    y64.backward(dy.double())
+    for a, b in ((xb, xb64), (wb, wb64)) + (((rb, rb64),) if residual else ()):
+        close(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_rope_any_input_layout_matches_float64(layout):
+    B, T, n_head, n_kv, hs, seed = 2, 3, 2, 1, 8, 60 + LAYOUTS.index(layout)
+    qb, q, qb64, q64 = leaf_in_layout((B, T, n_head, hs), layout, seed)
+    kb, k, kb64, k64 = leaf_in_layout((B, T, n_kv, hs), layout, seed + 1)
+    cos, sin = laid_out((T, hs), layout, seed + 2), laid_out((T, hs), layout, seed + 3)
+    q_rot, k_rot = apply_rope(q, k, cos, sin)
+    q_ref, k_ref = apply_rope_reference(q64, k64, cos.double(), sin.double())
+    close(q_rot, q_ref)
+    close(k_rot, k_ref)
+    dq, dk = laid_out(q.shape, layout, seed + 4), laid_out(k.shape, layout, seed + 5)
+    torch.autograd.backward((q_rot, k_rot), (dq, dk))
+    torch.autograd.backward((q_ref, k_ref), (dq.double(), dk.double()))
+    close(qb.grad, qb64.grad)
+    close(kb.grad, kb64.grad)
+    with torch.no_grad():  # in place: an expanded q or k must not be rotated once per position that shares it
+        q_in, k_in = apply_rope(q.detach(), k.detach(), cos, sin, inplace=True)
+    close(q_in, q_ref)
+    close(k_in, k_ref)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_swiglu_any_input_layout_matches_float64(layout):
+    shape, seed = (3, 2, 24), 70 + LAYOUTS.index(layout)
+    gb, g, gb64, g64 = leaf_in_layout(shape, layout, seed, scale=3.0)
+    ub, u, ub64, u64 = leaf_in_layout(shape, layout, seed + 1)
+    hb, h, hb64, h64 = leaf_in_layout((*shape[:-1], 2 * shape[-1]), layout, seed + 2, scale=3.0)
+    dy = laid_out(shape, layout, seed + 3)
+    y, y64 = swiglu(g, u), swiglu_reference(g64, u64)
+    close(y, y64)
+    y.backward(dy)
+    y64.backward(dy.double())
+    for a, b in ((gb, gb64), (ub, ub64)):
+        close(a.grad, b.grad)
+    y, y64 = swiglu_packed(h), swiglu_reference(*h64.chunk(2, dim=-1))
+    close(y, y64)
+    y.backward(dy)
+    y64.backward(dy.double())
+    close(hb.grad, hb64.grad)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_linear_cross_entropy_any_input_layout_matches_float64(layout):
+    N, C, V, seed = 7, 8, 40, 80 + LAYOUTS.index(layout)
+    xb, x, xb64, x64 = leaf_in_layout((N, C), layout, seed)
+    wb, w, wb64, w64 = leaf_in_layout((V, C), layout, seed + 1, scale=0.5)
+    gen = torch.Generator().manual_seed(seed)
+    base, view = in_layout((N,), layout, lambda *s: torch.randint(0, V, s, generator=gen).to(DEVICE))
+    base[4:6] = -100  # ignored rows inside the view (outside it for "expanded", whose row 1 is every target)
+    targets = view(base)
+    loss = linear_cross_entropy(x, w, targets, chunk_size=4)
+    ref = linear_cross_entropy_reference(x64, w64, targets)
+    close(loss, ref)
+    loss.backward()
+    ref.backward()
+    close(xb.grad, xb64.grad)
+    close(wb.grad, wb64.grad)
+
+
+@pytest.mark.parametrize("bad", [40, 41, -1, -101])
+def test_linear_cross_entropy_rejects_out_of_range_targets(bad):
+    """Like F.cross_entropy: an error (on CUDA a device-side assert, with no host sync), not a made-up loss."""
+    x, w = fresh(4, 8, seed=1).requires_grad_(), fresh(40, 8, seed=2)
+    targets = torch.tensor([3, -100, bad, 0], device=DEVICE)
+    with pytest.raises(RuntimeError, match=r"target is outside \[0, 40\) and is not ignore_index -100"):
+        linear_cross_entropy(x, w, targets)
+    with pytest.raises(ValueError, match="integer class ids"):
+        linear_cross_entropy(x, w, targets.float())
+
+
 # ---- the whole model ------------------------------------------------------------------------------------------
 def model_loss_and_grads(model, idx, targets):
     model.zero_grad(set_to_none=True)
@@ -228,6 +353,31 @@ def test_gpt_with_kernels_matches_reference():
         logits_ref = model(idx)
         model.set_kernels(True)
         close(model(idx), logits_ref, tol=1e-4)
+
+
+def test_gpt_with_kernels_takes_strided_targets_and_rejects_out_of_range_ones():
+    """A targets view whose flatten() stays strided (here every other id of a (B, T, 2) tensor) gives the loss and
+    gradients of the reference path; an id >= vocab_size raises on both paths instead of giving a loss."""
+    config = Config.from_name("tiny", n_layer=1, vocab_size=50)
+    torch.manual_seed(0)
+    model = GPT(config).to(DEVICE)
+    idx = torch.randint(0, config.vocab_size, (2, 6), device=DEVICE)
+    pairs = torch.randint(0, config.vocab_size, (2, 6, 2), device=DEVICE)
+    pairs[0, :2, 1] = -100
+    targets = pairs[..., 1]
+    assert targets.flatten().stride() == (2,)
+    loss_ref, grads_ref = model_loss_and_grads(model, idx, targets)
+    model.set_kernels(True)
+    loss_k, grads_k = model_loss_and_grads(model, idx, targets)
+    close(loss_k, loss_ref, tol=1e-5)
+    for name, g in grads_ref.items():
+        torch.testing.assert_close(grads_k[name], g, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    pairs[1, 3, 1] = config.vocab_size
+    with pytest.raises(RuntimeError, match="target is outside"):
+        model(idx, targets)
+    model.set_kernels(False)
+    with pytest.raises(IndexError, match="out of bounds"):
+        model(idx, targets)
 
 
 def test_gpt_with_kernels_compiles_without_graph_breaks():

@@ -3,7 +3,9 @@
 `GPT(config, kernels=True)` routes through them on CUDA (and on CPU under TRITON_INTERPRET=1, for tests):
 RMSNorm (+ residual add), RoPE on q and k, SwiGLU, and the chunked lm_head + cross-entropy whose full float32
 logits never exist. Each is a `torch.library.custom_op` with a registered autograd formula, so
-`torch.compile` treats it as one opaque op (no graph break) and FSDP2 sees plain local tensors.
+`torch.compile` treats it as one opaque op (no graph break) and FSDP2 sees plain local tensors. Any strided view
+is a valid input (storage offset, steps, transposed, expanded with stride 0): launchers pass row strides or copy
+what a kernel reads densely (an input already laid out as the kernel reads it is never copied).
 """
 
 from lit_gpt.kernels.cross_entropy import linear_cross_entropy, linear_cross_entropy_reference

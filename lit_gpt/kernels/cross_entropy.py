@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lit_gpt.kernels.utils import autocast_dtype
+from lit_gpt.kernels.utils import autocast_dtype, unit_stride
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_reference"]
 
@@ -33,6 +33,7 @@ def _cross_entropy_kernel(LOGITS, TARGETS, LOSS, stride_row, n_cols, ignore_inde
     ptr = LOGITS + row * stride_row
     target = tl.load(TARGETS + row).to(tl.int64)
     valid = target != ignore_index
+    in_range = (target >= 0) & (target < n_cols)  # asserted by the caller; else no stray read and a NaN loss
     # pass 1: running max and sum of exp
     m = tl.full((), float("-inf"), tl.float32)
     s = tl.full((), 0.0, tl.float32)
@@ -43,7 +44,8 @@ def _cross_entropy_kernel(LOGITS, TARGETS, LOSS, stride_row, n_cols, ignore_inde
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
         m = m_new
     lse = m + tl.log(s)
-    x_target = tl.load(ptr + tl.where(valid, target, 0)).to(tl.float32)
+    x_target = tl.load(ptr + tl.where(valid & in_range, target, 0), mask=in_range | ~valid,
+                       other=float("nan")).to(tl.float32)
     loss = lse - x_target + z_loss * lse * lse
     tl.store(LOSS + row, tl.where(valid, loss, 0.0))
     if WRITE_GRAD:
@@ -71,6 +73,14 @@ def _linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.
     not needed). Autocast is off inside: the dtypes are decided by the caller through `compute_dtype`."""
     n_rows, _ = x.shape
     vocab = weight.shape[0]
+    targets = targets.contiguous()  # the kernel reads targets[row] densely (a strided or expanded view would not)
+    valid = targets != ignore_index
+    # Like F.cross_entropy on CUDA: a device-side assert ("device-side assert triggered" at the next sync), so the
+    # check costs a few tiny kernels and no host-device sync (an .item() here would stall the CPU's launches every
+    # step); on CPU tensors it raises this message at once. The trainer checks token ids on the host, before.
+    torch._assert_async((((targets >= 0) & (targets < vocab)) | ~valid).all(),
+                        f"linear_cross_entropy: a target is outside [0, {vocab}) and is not ignore_index "
+                        f"{ignore_index}")
     with torch.autocast(x.device.type, enabled=False):
         xc, wc = x.to(compute_dtype), weight.to(compute_dtype)
         loss_rows = torch.empty(n_rows, dtype=torch.float32, device=x.device)
@@ -81,7 +91,7 @@ def _linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.
         for start in range(0, n_rows, chunk):
             end = min(start + chunk, n_rows)
             x_chunk = xc[start:end]
-            logits = x_chunk @ wc.t()  # (rows, vocab), becomes the gradient in place
+            logits = unit_stride(x_chunk @ wc.t())  # (rows, vocab), becomes the gradient in place
             _cross_entropy_kernel[(end - start,)](
                 logits, targets[start:end], loss_rows[start:end], logits.stride(0), vocab, ignore_index, z_loss,
                 WRITE_GRAD=need_grad_x or need_grad_w, BLOCK=block, num_warps=8 if block >= 2048 else 4)
@@ -95,7 +105,7 @@ def _linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.
                     grad_w.addmm_(logits.t(), x_chunk)
                 else:  # accumulate the chunks in float32: one bf16 rounding per chunk, not per running sum
                     grad_w += logits.t() @ x_chunk
-        n_valid = (targets != ignore_index).sum()
+        n_valid = valid.sum()
         grad_w = grad_w.to(weight.dtype) if need_grad_w else grad_w
         return loss_rows.sum(), n_valid, grad_x, grad_w
 
@@ -132,6 +142,8 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1] or targets.shape != (x.shape[0],):
         raise ValueError(f"linear_cross_entropy: need x (N, C), weight (V, C), targets (N,); got {tuple(x.shape)}, "
                          f"{tuple(weight.shape)}, {tuple(targets.shape)}")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise ValueError(f"linear_cross_entropy: targets must be integer class ids, got {targets.dtype}")
     compute_dtype = autocast_dtype(x.device.type) or torch.promote_types(x.dtype, weight.dtype)
     grad_on = torch.is_grad_enabled()
     loss_sum, n_valid, _, _ = _linear_cross_entropy(

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lit_gpt.kernels.utils import as_rows, autocast_dtype, num_programs, row_warps
+from lit_gpt.kernels.utils import as_rows, autocast_dtype, num_programs, row_warps, unit_stride
 from lit_gpt.model import rms_norm_reference
 
 __all__ = ["rms_norm", "add_rms_norm", "rms_norm_reference", "add_rms_norm_reference"]
@@ -86,7 +86,7 @@ def _rms_norm_fwd(x: torch.Tensor, residual: Optional[torch.Tensor], weight: tor
                   out_dtype: torch.dtype, sum_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (y, s, rstd): s = x + residual (an empty tensor without residual), rstd per row in float32."""
     shape = x.shape
-    x2 = as_rows(x)
+    x2, weight = as_rows(x), unit_stride(weight)  # the kernels read rows and the weight with unit stride
     n_rows, n_cols = x2.shape
     y = torch.empty(n_rows, n_cols, dtype=out_dtype, device=x.device)
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
@@ -115,7 +115,7 @@ def _rms_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd:
                   ds: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients (dx, dweight) given the normalised input x; ds (grad of the residual sum) is added to dx."""
     shape = x.shape
-    x2, dy2 = as_rows(x), as_rows(dy)
+    x2, dy2, weight = as_rows(x), as_rows(dy), unit_stride(weight)
     n_rows, n_cols = x2.shape
     ds2 = as_rows(ds) if ds is not None else dy2
     dx = torch.empty(n_rows, n_cols, dtype=x.dtype, device=x.device)

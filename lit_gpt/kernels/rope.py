@@ -107,11 +107,17 @@ def _backward(ctx, dq, dk):
 torch.library.register_autograd("lit_gpt::rope", _backward, setup_context=_setup)
 
 
+def _writable(t: torch.Tensor) -> bool:
+    """Whether the kernel can rotate `t` in place: unit stride in the head dim and no element shared by two
+    positions (an expanded view, stride 0, would be rotated once per position that sees it)."""
+    return t.stride(-1) == 1 and all(st or n == 1 for n, st in zip(t.shape, t.stride()))
+
+
 def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inplace: bool = False):
     """Rotates q (B, T, n_head, hs) and k (B, T, n_kv, hs) by cos/sin (T, hs) (float32, half-rotation layout).
 
     Same math as `apply_rope_reference` (float32 internally). `inplace=True` overwrites q and k when no gradient
-    is needed (ignored otherwise)."""
+    is needed (ignored otherwise, and for expanded or strided-head-dim q and k: then the results are new tensors)."""
     if q.dim() != 4 or k.dim() != 4 or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
         raise ValueError(f"apply_rope: q {tuple(q.shape)} and k {tuple(k.shape)} must be (B, T, heads, hs)")
     T, hs = q.shape[1], q.shape[3]
@@ -119,7 +125,7 @@ def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.T
         raise ValueError(f"apply_rope: cos/sin {tuple(cos.shape)} must be (T, hs) = ({T}, {hs}) with hs even")
     cos, sin = unit_stride(cos.float()), unit_stride(sin.float())
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
-    if inplace and not needs_grad and not torch.compiler.is_compiling() and q.stride(-1) == 1 and k.stride(-1) == 1:
+    if inplace and not needs_grad and not torch.compiler.is_compiling() and _writable(q) and _writable(k):
         # each program reads its elements before writing them, so in and out may be the same memory
         _launch(q, k, q, k, cos, sin, backward=False)
         return q, k
