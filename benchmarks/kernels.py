@@ -38,7 +38,7 @@ def cases(config, B, T, device, dtype):
         add_rms_norm, add_rms_norm_reference, apply_rope, apply_rope_reference, linear_cross_entropy,
         linear_cross_entropy_reference, rms_norm, rms_norm_reference, swiglu_packed, swiglu_reference,
     )
-    from lit_gpt.model import build_rope_cache
+    from lit_gpt.ops import build_rope_cache
 
     C, H, K, hs, I, V = (config.n_embd, config.n_head, config.n_query_groups, config.head_size,
                          config.intermediate_size, config.vocab_size)

@@ -32,7 +32,7 @@ def _bytes(*tensors) -> int:
 def breakdown(config, T: int, B: int, tiny: bool = False) -> list[dict]:
     from lit_gpt.kernels import add_rms_norm, apply_rope, linear_cross_entropy, swiglu_packed
     from lit_gpt.kernels.attention import causal_attention, resolve_backend
-    from lit_gpt.model import build_rope_cache
+    from lit_gpt.ops import build_rope_cache
 
     device = torch.device("cuda" if torch.cuda.is_available() and not tiny else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

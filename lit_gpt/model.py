@@ -12,7 +12,6 @@ variance stays O(1) with depth (GPT-2); norm weights are 1.
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional
 
 import torch
@@ -20,11 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lit_gpt.config import Config
-
-try:  # optional accelerator, used on CUDA with half precision inputs
-    from flash_attn import flash_attn_func
-except ImportError:  # pragma: no cover - depends on the environment
-    flash_attn_func = None
+from lit_gpt.ops import apply_rope_reference, kernels_supported, rms_norm_reference, rope_at, sdpa
 
 
 class GPT(nn.Module):
@@ -92,7 +87,7 @@ class GPT(nn.Module):
         return self.loss_from_hidden(x, targets, ignore_index)
 
     def loss_from_hidden(self, x: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-        if _use_kernels(self, x):
+        if self.kernels and kernels_supported(x):
             from lit_gpt.kernels import linear_cross_entropy
 
             return linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten(), ignore_index)
@@ -149,12 +144,12 @@ class CausalSelfAttention(nn.Module):
         B, T, _ = x.shape
         qkv = self.qkv(x).view(B, T, self.n_head + 2 * self.n_kv, self.hs)
         q, k, v = qkv.split([self.n_head, self.n_kv, self.n_kv], dim=2)  # (B, T, heads, hs)
-        if _use_kernels(self, x):
+        if self.kernels and kernels_supported(x):
             from lit_gpt.kernels import apply_rope as rope_kernel
 
             q, k = rope_kernel(q, k, cos, sin, inplace=not torch.is_grad_enabled())
         else:
-            q, k = apply_rope(q, k, cos, sin)
+            q, k = apply_rope_reference(q, k, cos, sin)
 
         if input_pos is not None:
             if self.kv_cache is None:
@@ -168,17 +163,6 @@ class CausalSelfAttention(nn.Module):
         else:
             y = sdpa(q, k, v)
         return self.proj(y.reshape(B, T, self.n_head * self.hs))
-
-
-def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Attention on (B, T, heads, hs) tensors through PyTorch SDPA; GQA via enable_gqa (no k/v repeat)."""
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    gqa = q.shape[1] != k.shape[1]
-    if mask is None:
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    else:
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-    return y.transpose(1, 2)
 
 
 class KVCache(nn.Module):
@@ -212,7 +196,7 @@ class SwiGLU(nn.Module):
         self.kernels = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _use_kernels(self, x):  # one gradient tensor for [gate | up], no concatenation in backward
+        if self.kernels and kernels_supported(x):  # one gradient tensor for [gate | up], no concatenation in backward
             from lit_gpt.kernels import swiglu_packed
 
             return self.down(swiglu_packed(self.gate_up(x)))
@@ -228,55 +212,12 @@ class RMSNorm(nn.Module):
         self.kernels = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _use_kernels(self, x):
-            from lit_gpt.kernels import rms_norm
-            return rms_norm(x, self.weight, self.eps)
-        return rms_norm_reference(x, self.weight, self.eps)
+        return rms_norm_reference(x, self.weight, self.eps)  # the kernel path fuses the add: see add_and_norm
 
     def add_and_norm(self, delta: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(norm(residual + delta), residual + delta): one fused pass with kernels on."""
-        if _use_kernels(self, residual):
+        if self.kernels and kernels_supported(residual):
             from lit_gpt.kernels import add_rms_norm
             return add_rms_norm(delta, residual, self.weight, self.eps)
         residual = residual + delta
         return self(residual), residual
-
-
-def _use_kernels(module: nn.Module, x: torch.Tensor) -> bool:
-    """Kernels run on CUDA tensors, and on CPU ones under TRITON_INTERPRET=1 (how the tests exercise them)."""
-    return module.kernels and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
-
-
-def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Normalise in float32, cast back, then scale (the order HF Llama uses)."""
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
-
-
-def rope_at(positions: torch.Tensor, head_size: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 cos/sin (len(positions), head_size) for the half-rotation layout: frequencies repeated for both
-    halves."""
-    device = positions.device
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_size, 2, device=device, dtype=torch.float32) / head_size))
-    freqs = torch.outer(positions.float(), inv_freq)
-    emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos(), emb.sin()
-
-
-def build_rope_cache(length: int, head_size: int, base: float, device: Optional[torch.device] = None):
-    """cos/sin for positions 0 .. length-1."""
-    return rope_at(torch.arange(length, device=device), head_size, base)
-
-
-def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    """RoPE on q and k of shape (B, T, heads, hs) with cos/sin (T, hs): x*cos + rotate_half(x)*sin."""
-    cos, sin = cos[:, None, :], sin[:, None, :]  # broadcast over heads
-
-    def rotate(x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = x.chunk(2, dim=-1)
-        xf = x.float()
-        rotated = torch.cat([-x2, x1], dim=-1).float()
-        return (xf * cos + rotated * sin).to(x.dtype)
-
-    return rotate(q), rotate(k)

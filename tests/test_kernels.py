@@ -24,7 +24,7 @@ from lit_gpt.kernels import (  # noqa: E402
     linear_cross_entropy_reference, rms_norm, rms_norm_reference, swiglu, swiglu_packed, swiglu_reference,
 )
 from lit_gpt.kernels import rmsnorm as rmsnorm_module  # noqa: E402
-from lit_gpt.model import build_rope_cache  # noqa: E402
+from lit_gpt.ops import build_rope_cache  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 if DEVICE.type == "cpu" and tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 7):
@@ -466,7 +466,7 @@ def test_cuda_attention_backends_match_float64(backend, n_head, n_kv, T):
     """Each attention backend (cuDNN is the default on Hopper), GQA through enable_gqa without repeating k/v,
     forward and gradients against float64 on fresh bf16 inputs."""
     from lit_gpt.kernels.attention import causal_attention, set_attention_backend
-    from lit_gpt.model import flash_attn_func
+    from lit_gpt.ops import flash_attn_func
 
     if backend == "flash_attn" and flash_attn_func is None:
         pytest.skip("flash-attn not installed")

@@ -35,7 +35,7 @@ import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
 from lit_gpt import Config  # noqa: E402
-from lit_gpt.model import build_rope_cache  # noqa: E402
+from lit_gpt.ops import build_rope_cache  # noqa: E402
 
 # by module path: the package exports functions of the same names (lit_gpt.kernels.swiglu is the function)
 rmsnorm, rope, swiglu, cross_entropy = (importlib.import_module(f"lit_gpt.kernels.{m}")

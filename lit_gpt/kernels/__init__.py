@@ -12,7 +12,7 @@ from lit_gpt.kernels.cross_entropy import linear_cross_entropy, linear_cross_ent
 from lit_gpt.kernels.rmsnorm import add_rms_norm, add_rms_norm_reference, rms_norm, rms_norm_reference
 from lit_gpt.kernels.rope import apply_rope, apply_rope_reference
 from lit_gpt.kernels.swiglu import swiglu, swiglu_packed, swiglu_reference
-from lit_gpt.kernels.utils import kernels_supported
+from lit_gpt.ops import kernels_supported
 
 __all__ = [
     "add_rms_norm", "add_rms_norm_reference", "apply_rope", "apply_rope_reference", "kernels_supported",

@@ -17,7 +17,7 @@ import os
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lit_gpt.model import flash_attn_func, sdpa
+from lit_gpt.ops import flash_attn_func, sdpa
 
 __all__ = ["BACKENDS", "causal_attention", "resolve_backend", "set_attention_backend"]
 

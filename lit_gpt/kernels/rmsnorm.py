@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from lit_gpt.kernels.utils import as_rows, autocast_dtype, num_programs, row_warps, unit_stride
-from lit_gpt.model import rms_norm_reference
+from lit_gpt.ops import rms_norm_reference
 
 __all__ = ["rms_norm", "add_rms_norm", "rms_norm_reference", "add_rms_norm_reference"]
 

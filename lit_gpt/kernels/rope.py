@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from lit_gpt.kernels.utils import unit_stride
-from lit_gpt.model import apply_rope as apply_rope_reference
+from lit_gpt.ops import apply_rope_reference
 
 __all__ = ["apply_rope", "apply_rope_reference"]
 

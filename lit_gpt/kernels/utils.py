@@ -3,20 +3,9 @@
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional
 
 import torch
-
-
-def interpreting() -> bool:
-    """True under TRITON_INTERPRET=1, where the kernels run (slowly) on CPU tensors: how the tests check them."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def kernels_supported(t: torch.Tensor) -> bool:
-    """Whether the Triton kernels can take this tensor: CUDA, or any device under the interpreter."""
-    return t.is_cuda or interpreting()
 
 
 def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
