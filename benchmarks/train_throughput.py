@@ -6,7 +6,7 @@ the peers that import here (HF transformers LlamaForCausalLM eager / compiled / 
 
 Each (variant, micro batch) runs in its own process, so an OOM or a monkey-patch (Liger) cannot leak into the
 next row. Prints a Markdown table of tokens/s, MFU (FLOPs/token = Config.flops_per_token(T), peak from
-lit_gpt.speed_monitor) and peak memory, then a breakdown of the step into parts timed on their own against
+lit_gpt.training.speed_monitor) and peak memory, then a breakdown of the step into parts timed on their own against
 their floor (GEMMs and attention at the measured matmul rate, elementwise parts and AdamW at the measured copy
 bandwidth).
 
@@ -121,7 +121,7 @@ def build(variant: str, config, device, compile_backend: str, compile_mode: str 
             return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
     if "compile" in variant:
         if variant.startswith("lit_gpt"):  # exactly as the trainer's --compile does it: each Block
-            from lit_gpt.trainer import wrap_blocks
+            from lit_gpt.training.parallel import wrap_blocks
 
             wrap_blocks(model, activation_checkpointing=False, compile=True, backend=compile_backend,
                         mode=compile_mode)
@@ -140,7 +140,7 @@ def fully_shard_alone(model, device):
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    from lit_gpt.trainer import parallelize_fsdp
+    from lit_gpt.training.parallel import parallelize_fsdp
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -158,7 +158,7 @@ def run_worker(args) -> dict:
     from benchmarks.timing import synchronize
     from lit_gpt import Config
     from lit_gpt.kernels.attention import set_attention_backend
-    from lit_gpt.speed_monitor import mfu, peak_flops
+    from lit_gpt.training.speed_monitor import mfu, peak_flops
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     if device.type == "cpu":

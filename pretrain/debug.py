@@ -5,7 +5,7 @@
 
 from pathlib import Path
 
-from lit_gpt.trainer import TrainArgs, cli
+from lit_gpt.training import TrainArgs, cli
 
 DEFAULTS = TrainArgs(
     model_name="debug",

@@ -7,7 +7,7 @@
 
 from pathlib import Path
 
-from lit_gpt.trainer import TrainArgs, cli
+from lit_gpt.training import TrainArgs, cli
 
 # MicroLlama: 4 GPUs x micro batch 12 = 48 sequences of 2048 tokens per step (~98k tokens), ~50B tokens.
 # Optimizer and schedule: TrainArgs' defaults, the shared TinyLlama/MicroLlama recipe (AdamW lr 4e-4, betas

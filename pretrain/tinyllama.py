@@ -6,7 +6,7 @@
 
 from pathlib import Path
 
-from lit_gpt.trainer import TrainArgs, cli
+from lit_gpt.training import TrainArgs, cli
 
 # TinyLlama: 1024 sequences of 2048 tokens (~2M tokens) per step on 16 GPUs, 3T tokens, seed 3407.
 # Optimizer and schedule: TrainArgs' defaults, the shared TinyLlama/MicroLlama recipe (AdamW lr 4e-4, betas

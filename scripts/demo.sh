@@ -34,7 +34,7 @@ step "4/5 generating a sample from the exported model"
 step "5/5 summary"
 "$PY" - "$OUT/train/metrics.csv" <<'EOF'
 import sys
-from lit_gpt.utils import read_metrics
+from lit_gpt.training.metrics import read_metrics
 rows = read_metrics(sys.argv[1])
 train = [r for r in rows if r["loss"] is not None]
 val = [r for r in rows if r["val_loss"] is not None]

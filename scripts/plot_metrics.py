@@ -10,7 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from lit_gpt.utils import METRICS_CSV, atomic_write, read_metrics
+from lit_gpt.layout import METRICS_CSV
+from lit_gpt.training.metrics import read_metrics
+from lit_gpt.utils import atomic_write
 
 
 def plot(runs: list[Path], out: Path) -> Path:

@@ -87,7 +87,7 @@ def test_blocks_share_one_compiled_graph(autocast):
     made the second one recompile under autocast, where the MLP outputs bf16)."""
     from torch._dynamo.utils import counters
 
-    from lit_gpt.trainer import wrap_blocks
+    from lit_gpt.training.parallel import wrap_blocks
 
     torch._dynamo.reset()
     counters.clear()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lit_gpt.speed_monitor import ThroughputMonitor
-from lit_gpt.utils import CSV_COLUMNS
+from lit_gpt.training.speed_monitor import ThroughputMonitor
+from lit_gpt.training.metrics import CSV_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def test_excluded_pause_does_not_count():
 ])
 def test_device_names_map_to_their_peak(name, key):
     """torch.cuda.get_device_name strings -> the peak table; an unknown GPU has no MFU rather than a wrong one."""
-    from lit_gpt.speed_monitor import PEAK_BF16_TFLOPS, device_key
+    from lit_gpt.training.speed_monitor import PEAK_BF16_TFLOPS, device_key
 
     assert device_key(name) == key
     assert key is None or key in PEAK_BF16_TFLOPS

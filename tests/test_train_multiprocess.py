@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_gpt.trainer import latest_checkpoint
+from lit_gpt.layout import latest_checkpoint
 from test_trainer import losses, write_random_chunks
 
 ROOT = Path(__file__).resolve().parents[1]

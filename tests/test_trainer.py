@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from lit_gpt.layout import latest_checkpoint
 from lit_gpt.packed_dataset import PackedDatasetWriter
-from lit_gpt.trainer import TrainArgs, cli, cosine_lr, latest_checkpoint, parse_args
-from lit_gpt.utils import read_metrics
+from lit_gpt.training import TrainArgs, cli
+from lit_gpt.training.args import parse_args
+from lit_gpt.training.metrics import read_metrics
+from lit_gpt.training.optim import cosine_lr
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from lit_gpt.utils import read_metrics
+from lit_gpt.training.metrics import read_metrics
 from tests.test_train_multiprocess import args as fsdp_args
 from tests.test_train_multiprocess import final_weights, launch
-from lit_gpt.trainer import latest_checkpoint
+from lit_gpt.layout import latest_checkpoint
 from tests.test_trainer import losses, run, tiny_args, write_random_chunks
 
 pytestmark = pytest.mark.cuda

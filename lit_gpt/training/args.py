@@ -1,0 +1,148 @@
+"""The options of a training run: `TrainArgs` (every field is a command-line flag and a YAML key of configs/*.yaml)
+and their command-line parser. A recipe (pretrain/*.py) is a `TrainArgs` of defaults handed to `launch.cli`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+from lit_gpt.evaluate import DEFAULT_TASKS
+
+
+@dataclass
+class TrainArgs:
+    """Pretraining options (every field is a command-line flag and a YAML key)."""
+
+    # ---- model ----
+    model_name: str = "MicroLlama-300M"
+    """Named model shape from lit_gpt.config (MicroLlama-300M, TinyLlama-1.1B, TinyLlama-120M, debug, tiny, ...)."""
+    model_config: Optional[Path] = None
+    """A model_config.json overriding model_name (a custom shape)."""
+    block_size: Optional[int] = None
+    """Training sequence length in tokens (default: the model's block_size)."""
+    init_checkpoint: Optional[Path] = None
+    """Start from these weights (lit checkpoint, training step folder or Hugging Face Llama folder) for continued
+    pretraining; optimizer and data start fresh."""
+    kernels: bool = False
+    """Use the fused Triton kernels of lit_gpt.kernels (CUDA only)."""
+    compile: bool = False
+    """torch.compile each transformer Block."""
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
+    """torch.compile mode with --compile: max-autotune-no-cudagraphs also tries Triton GEMMs with the elementwise
+    work fused into them (minutes more compile time, paid once per run; measure with benchmarks/train_throughput.py
+    --compile-mode before a long run). Modes with CUDA graphs are not offered: they do not mix with FSDP."""
+    activation_checkpointing: bool = False
+    """Recompute each Block's activations in the backward pass (less memory, ~30% more compute)."""
+
+    # ---- data ----
+    train_data_dir: Path = Path("data/slimpajama/train")
+    """Folder of packed training chunks (scripts/prepare_slimpajama.py --split train)."""
+    train_prefixes: list[str] = field(default_factory=lambda: ["train_slimpajama"])
+    """Chunk file prefixes in train_data_dir to mix (files are <prefix>_*.bin)."""
+    train_weights: Optional[list[float]] = None
+    """Sampling weight of each prefix in train_prefixes (default: equal)."""
+    val_data_dir: Optional[Path] = None
+    """Folder of packed validation chunks; None disables validation."""
+    val_prefix: str = "validation_slimpajama"
+    """Chunk file prefix in val_data_dir."""
+    tokenizer_dir: Optional[Path] = None
+    """Tokenizer folder copied into out_dir so checkpoints are self-contained."""
+    num_workers: int = 0
+    """Data loader worker processes per training process."""
+
+    # ---- batch and length ----
+    global_batch_size: int = 48
+    """Sequences per optimizer step across all devices of all nodes."""
+    micro_batch_size: int = 12
+    """Sequences per device per forward pass (lower it when out of memory)."""
+    max_tokens: Optional[int] = None
+    """Stop after this many training tokens (rounded up to whole steps)."""
+    max_steps: Optional[int] = None
+    """Stop after this many optimizer steps (the smaller of max_tokens and max_steps wins)."""
+
+    # ---- optimizer and schedule ----
+    learning_rate: float = 4e-4
+    """Peak learning rate (AdamW)."""
+    min_lr: float = 4e-5
+    """Learning rate at the end of the cosine decay."""
+    warmup_steps: int = 2000
+    """Linear warm-up steps before the cosine decay."""
+    weight_decay: float = 0.1
+    """AdamW weight decay."""
+    decay_norms_and_embeddings: bool = False
+    """Also apply weight decay to norm weights and the embedding (off: only to the other matrices)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 disables)."""
+
+    # ---- hardware ----
+    accelerator: str = "auto"
+    """cpu, cuda or auto."""
+    devices: Union[int, str] = "auto"
+    """Devices (processes) per node."""
+    num_nodes: int = 1
+    """Number of machines (each runs devices processes)."""
+    strategy: Literal["auto", "fsdp", "ddp", "single"] = "auto"
+    """auto: fsdp with several devices, else single."""
+    precision: Optional[str] = None
+    """Fabric precision (default: bf16-mixed on GPU, 32-true on CPU)."""
+    seed: int = 42
+    """Random seed (model init and data order)."""
+
+    # ---- output, logging, checkpoints ----
+    out_dir: Path = Path("out/microllama")
+    """Where checkpoints, logs and the model config go."""
+    resume: Optional[str] = None
+    """'auto' (newest checkpoint in out_dir, if any) or a step folder / state file to continue from."""
+    log_interval: int = 10
+    """Print and log metrics every this many optimizer steps."""
+    eval_interval: int = 1000
+    """Validate every this many steps (and at the end)."""
+    eval_iters: int = 100
+    """Validation batches (per device) per evaluation."""
+    save_interval: int = 1000
+    """Checkpoint every this many steps (and at the end)."""
+    keep_last_k: Optional[int] = 3
+    """Keep only the newest k checkpoints (None keeps all)."""
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Loggers besides the CSV file (always written): tensorboard, wandb."""
+    wandb_project: str = "lit_gpt"
+    """W&B project when 'wandb' is in loggers."""
+    peak_tflops: Optional[float] = None
+    """Per-device peak TFLOP/s for MFU (default: the bf16 table in lit_gpt/training/speed_monitor.py; unknown on CPU)."""
+
+    # ---- lm-eval on intermediate checkpoints (off by default) ----
+    lm_eval_interval: Optional[int] = None
+    """Score the checkpoint of every this many steps with lm-eval (a multiple of save_interval; None: off)."""
+    lm_eval_tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
+    """lm-eval task names (default: the seed tables' 7 tasks)."""
+    lm_eval_limit: Optional[float] = None
+    """Examples per task (>= 1) or a fraction of each task (< 1); None: all (slow for big tasks)."""
+    lm_eval_num_fewshot: Optional[int] = None
+    """Few-shot examples (default: each task's own, 0 for the seed tasks)."""
+    lm_eval_batch_size: Union[int, str] = 1
+    """lm-eval batch size, or 'auto'."""
+    lm_eval_include_path: Optional[Path] = None
+    """Folder of extra lm-eval task YAMLs (local or offline tasks, e.g. tests/tasks)."""
+
+
+def parse_args(defaults: TrainArgs, argv: Optional[list[str]] = None, description: Optional[str] = None) -> TrainArgs:
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    try:
+        from jsonargparse import set_parsing_settings
+
+        set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    except ImportError:  # jsonargparse < 4.35
+        from jsonargparse import set_docstring_parse_options
+
+        set_docstring_parse_options(attribute_docstrings=True)
+    parser = ArgumentParser(description=description or "Pretrain a lit_gpt model under Lightning Fabric.")
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file of options (e.g. configs/microllama.yaml)")
+    parser.add_class_arguments(TrainArgs, None, default=defaults)
+    ns = parser.parse_args(argv)
+    return TrainArgs(**{f.name: getattr(ns, f.name) for f in fields(TrainArgs)})

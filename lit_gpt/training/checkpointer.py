@@ -1,0 +1,114 @@
+"""Saving and restoring the full state of a training run (lit_gpt.layout says where it goes).
+
+A step folder holds the model under "model", the optimizer, step, tokens_seen, each rank's data loader position and
+RNG state: `state.pth` (one device, DDP) or `state/` (FSDP: a sharded torch.distributed.checkpoint folder). It is
+written to `step-XXXXXXXX.tmp` and renamed once complete, so a crash mid-save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from lit_gpt import layout
+from lit_gpt.config import Config
+from lit_gpt.utils import TrainError, replace_folder
+
+
+class Checkpointer:
+    """One run's checkpoints: where to resume from, whether a checkpoint fits this run, save and load."""
+
+    def __init__(self, fabric, out_dir: Path, strategy_name: str, keep_last_k: Optional[int]) -> None:
+        self.fabric, self.out_dir, self.strategy_name, self.keep_last_k = fabric, Path(out_dir), strategy_name, keep_last_k
+
+    @property
+    def sharded(self) -> bool:
+        return self.strategy_name == "fsdp"
+
+    def resume_path(self, resume: Optional[str]) -> Optional[Path]:
+        """The step folder `--resume` points at (None: start fresh); refuses to start fresh over an earlier run."""
+        checkpoints = self.out_dir / layout.CHECKPOINTS
+        if resume is None:
+            if layout.latest_checkpoint(self.out_dir) is not None:
+                raise TrainError(f"{checkpoints}: holds checkpoints of an earlier run; continue it with "
+                                 f"--resume auto, or pick a new --out_dir")
+            return None
+        if resume == "auto":
+            latest = layout.latest_checkpoint(self.out_dir)
+            if latest is None:
+                self.fabric.print(f"--resume auto: no checkpoint in {checkpoints}, starting fresh")
+            return latest
+        path = layout.step_folder(resume)
+        if not path.is_dir() or not (layout.state_path(path, False).is_file() or layout.is_sharded(path)):
+            raise TrainError(f"{resume}: resume checkpoint not found (expected a step folder with "
+                             f"{layout.SINGLE_STATE} or {layout.SHARDED_STATE}/)")
+        return path
+
+    def check_compatible(self, path: Path, config: Config) -> None:
+        """Refuses a checkpoint written for another model shape or strategy before any loading starts."""
+        try:
+            meta = layout.read_step_metadata(path)
+        except ValueError as e:
+            raise TrainError(str(e)) from None
+        saved = meta.get("model_config")
+        if saved is not None and saved != config.to_dict():
+            diff = [f"{k} {saved.get(k)} -> {v}" for k, v in config.to_dict().items() if saved.get(k) != v]
+            raise TrainError(f"{path}: checkpoint is for another model shape ({', '.join(diff)}); "
+                             f"pass the matching --model_name or a fresh --out_dir")
+        if layout.is_sharded(path) != self.sharded:
+            kind = "sharded (fsdp)" if layout.is_sharded(path) else "single-file (ddp/single)"
+            raise TrainError(f"{path}: checkpoint is {kind} but this run uses strategy {self.strategy_name}; "
+                             f"resume with the same strategy")
+        if meta.get("world_size", self.fabric.world_size) != self.fabric.world_size:
+            raise TrainError(f"{path}: checkpoint was written by {meta['world_size']} processes but this run has "
+                             f"{self.fabric.world_size}; resume with the same number of devices x nodes")
+
+    def save(self, step: int, state: dict[str, Any], config: Config) -> Path:
+        """Writes `state` (modules and optimizers are saved through Fabric) as the step folder of `step`."""
+        fabric = self.fabric
+        final = layout.step_dir(self.out_dir, step)
+        tmp = final.with_name(final.name + ".tmp")
+        if fabric.global_rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        fabric.barrier()
+        fabric.save(layout.state_path(tmp, self.sharded), state)
+        fabric.barrier()
+        if fabric.global_rank == 0:
+            config.save(tmp / layout.MODEL_CONFIG)
+            replace_folder(tmp, final)  # re-saving a step keeps a complete copy at every moment
+            layout.prune_checkpoints(self.out_dir, self.keep_last_k)
+        fabric.barrier()
+        fabric.print(f"saved checkpoint {final}")
+        return final
+
+    def load(self, path: Path, state: dict[str, Any]) -> dict[str, Any]:
+        """Loads the step folder `path` into `state` (modules and optimizers in place, other entries replaced)."""
+        self.fabric.load(layout.state_path(path, self.sharded), state, strict=False)
+        return state
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order (rank 0 writes them all into the checkpoint metadata)."""
+        if self.fabric.world_size == 1:
+            return [obj]
+        out: list[Any] = [None] * self.fabric.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
