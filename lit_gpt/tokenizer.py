@@ -10,7 +10,14 @@ from lit_gpt.utils import first_line
 
 
 class Tokenizer:
-    """`path` is a tokenizer folder (holding `tokenizer.model` or `tokenizer.json`) or one of those files."""
+    """`path` is a tokenizer folder (holding `tokenizer.model` or `tokenizer.json`) or one of those files.
+
+    The ids are the file's own: sentencepiece's, or the `tokenizers` pipeline tokenizer.json spells out (special
+    tokens in a text included). tokenizer_config.json only names BOS and EOS; its `tokenizer_class`, `legacy` and
+    `add_prefix_space`, with which transformers' Llama classes rebuild the pre-tokenizer, are not read. These are the
+    ids the training data is prepared with, so they define the model's tokenization: the Hugging Face export pins
+    AutoTokenizer to them (`lit_gpt.convert.write_hf_tokenizer`), not the other way round.
+    """
 
     def __init__(self, path: Union[str, Path]) -> None:
         path = Path(path)
@@ -51,14 +58,14 @@ class Tokenizer:
             self.vocab_size = self.processor.vocab_size()
 
     def _special_id(self, folder: Path, key: str) -> Optional[int]:
-        """bos/eos from tokenizer_config.json (a string or an AddedToken dict), else config.json's *_token_id."""
+        """bos/eos from tokenizer_config.json (a string, an AddedToken dict or null), else config.json's *_token_id."""
         cfg = folder / "tokenizer_config.json"
         if cfg.is_file():
-            token = json.loads(cfg.read_text()).get(key)
-            if isinstance(token, dict):
-                token = token.get("content")
-            if token is not None:
-                return self.processor.token_to_id(token)
+            cfg = json.loads(cfg.read_text())
+            if key in cfg:  # null says there is none, as transformers reads it
+                token = cfg[key]
+                token = token.get("content") if isinstance(token, dict) else token
+                return None if token is None else self.processor.token_to_id(token)
         model_cfg = folder / "config.json"
         if model_cfg.is_file():
             value = json.loads(model_cfg.read_text()).get(f"{key}_id")

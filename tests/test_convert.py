@@ -4,6 +4,7 @@ The reference is transformers' LlamaForCausalLM loaded with `from_pretrained` fr
 
 import json
 import random
+import re
 import subprocess
 import sys
 import textwrap
@@ -154,6 +155,127 @@ def test_bf16_export_and_tokenizer(tmp_path, spm_dir):
         assert hf_tok.encode(text) == ids, text
         if 0 not in ids:  # sentencepiece renders <unk> as " ⁇ ", transformers skips it
             assert hf_tok.decode(ids, skip_special_tokens=True) == lit_tok.decode(ids[1:])
+
+
+# ---- the exported tokenizer encodes like lit_gpt's, for every tokenizer form ---------------------------------------
+# texts where pipelines part ways: a dummy prefix before leading whitespace, whitespace runs, byte fallback, scripts
+# outside Latin, special-token text inside a document
+TRICKY = [" A single leading space.", "  Two  spaces\n\nand\ttabs\t ", "trailing   ", "\n", "\t", "中文，日本語、한국어",
+          "مرحبا بالعالم", "नमस्ते दुनिया", "emoji 😀👍🏽🇺🇳!", "</s> <s> <unk> inside text", "mixed  ١٢٣ ½ ｆｕｌｌ  "]
+LLAMA = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+TOKENIZER_FORMS = {  # name -> (tokenizer.json kind or None, with tokenizer.model, tokenizer_config.json or None)
+    "sentencepiece unigram (tokenizer.model only)": ("unigram", True, None),
+    "sentencepiece BPE (bundled, LlamaTokenizer config)": ("bundled", True, None),
+    "llama json + LlamaTokenizer": ("llama", False, {**LLAMA, "tokenizer_class": "LlamaTokenizer"}),
+    "llama json + LlamaTokenizer legacy": ("llama", False, {**LLAMA, "tokenizer_class": "LlamaTokenizer",
+                                                             "legacy": True, "add_prefix_space": True}),
+    "llama json + LlamaTokenizerFast no legacy, no prefix space": (
+        "llama", False, {**LLAMA, "tokenizer_class": "LlamaTokenizerFast", "legacy": False, "add_prefix_space": False}),
+    "metaspace json + LlamaTokenizerFast no prefix space": (
+        "metaspace", False, {**LLAMA, "tokenizer_class": "LlamaTokenizerFast", "add_prefix_space": False}),
+    "llama json only": ("llama", False, None),
+    "llama json + tokenizer.model + LlamaTokenizer no legacy": (
+        "llama", True, {**LLAMA, "tokenizer_class": "LlamaTokenizer", "legacy": False}),
+    "byte-level BPE, <s> </s>": ("bytelevel", False, LLAMA),
+    "byte-level BPE, GPT2Tokenizer": ("gpt2", False, {"tokenizer_class": "GPT2Tokenizer",
+                                                      "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}),
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer_jsons(tmp_path_factory, spm_dir):
+    """A small sentencepiece BPE model (byte fallback, like Llama-2's) and tokenizer.json files of every kind."""
+    import sentencepiece as spm
+    from tokenizers import Tokenizer as HF, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    from lit_gpt.convert import sentencepiece_to_tokenizers
+
+    d = tmp_path_factory.mktemp("tokenizers")
+    model = d / "tokenizer.model"
+    (d / "corpus.txt").write_text(TEXT.replace(". ", ".\n"))
+    spm.SentencePieceTrainer.train(input=str(d / "corpus.txt"), model_prefix=str(d / "tokenizer"),
+                                   model_type="bpe", vocab_size=400, byte_fallback=True, bos_id=1, eos_id=2,
+                                   unk_id=0, pad_id=-1, remove_extra_whitespaces=False,
+                                   normalization_rule_name="identity", minloglevel=2)
+    files = {"unigram": spm_dir / "tokenizer.model", "bundled": ROOT / "data" / "tokenizer" / "tokenizer.model",
+             "model": model}
+    llama = sentencepiece_to_tokenizers(model)  # Llama-2's tokenizer.json: the dummy prefix in the normalizer
+    llama.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    llama.pre_tokenizer = None
+    llama.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    llama.save(str(d / "llama.json"))
+    llama.normalizer = None  # newer conversions: a Metaspace pre-tokenizer prepends "▁" to the first word only
+    llama.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    llama.save(str(d / "metaspace.json"))
+    for name, specials in (("bytelevel", ["<unk>", "<s>", "</s>"]), ("gpt2", ["<|endoftext|>"])):
+        tok = HF(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder, tok.post_processor = decoders.ByteLevel(), processors.ByteLevel(trim_offsets=False)
+        tok.train_from_iterator([TEXT + " ".join(TRICKY)], trainers.BpeTrainer(
+            vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        tok.save(str(d / f"{name}.json"))
+    files.update({name: d / f"{name}.json" for name in ("llama", "metaspace", "bytelevel", "gpt2")})
+    return files
+
+
+@pytest.mark.parametrize("form", TOKENIZER_FORMS)
+def test_hf_export_tokenizes_like_lit_gpt(form, tokenizer_jsons, tmp_path):
+    """AutoTokenizer on the export gives lit_gpt's ids (those the training data was prepared with) on every text, with
+    BOS first by default, whichever form the tokenizer folder has; lit_gpt reads the export back the same."""
+    from transformers import AutoTokenizer
+
+    kind, with_model, tokenizer_config = TOKENIZER_FORMS[form]
+    src = tmp_path / "tokenizer"
+    src.mkdir()
+    if kind in ("unigram", "bundled"):
+        (src / "tokenizer.model").write_bytes(tokenizer_jsons[kind].read_bytes())
+        if kind == "bundled":
+            copy_tokenizer_files(ROOT / "data" / "tokenizer", src)
+    else:
+        (src / "tokenizer.json").write_bytes(tokenizer_jsons[kind].read_bytes())
+        if with_model:
+            (src / "tokenizer.model").write_bytes(tokenizer_jsons["model"].read_bytes())
+    if tokenizer_config:
+        (src / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    model = random_gpt()
+    save_hf_folder(model.state_dict(), model.config, tmp_path / "hf", tokenizer_dir=src)
+
+    lit, exported, hf = Tokenizer(src), Tokenizer(tmp_path / "hf"), AutoTokenizer.from_pretrained(tmp_path / "hf")
+    if lit.bos_id is not None:
+        assert (exported.bos_id, exported.eos_id) == (lit.bos_id, lit.eos_id)
+    assert (hf.bos_token_id, hf.eos_token_id) == (exported.bos_id, exported.eos_id)
+    bos = [] if exported.bos_id is None else [exported.bos_id]
+    for text in TRICKY:
+        if "</s>" in text and kind == "unigram":  # the one known difference (see convert.SPECIAL_PIECES_TEXT)
+            continue
+        ids = lit.encode(text)
+        assert hf(text, add_special_tokens=False)["input_ids"] == ids, text
+        assert hf(text)["input_ids"] == bos + ids, text
+        assert exported.encode(text) == ids, text
+
+
+def test_hf_export_refuses_a_tokenizer_that_disagrees(tmp_path, spm_dir, monkeypatch):
+    """A converted tokenizer that encodes differently (here: no dummy prefix) fails the export with one line naming
+    the tokenizer and the first text that differs; nothing is left behind."""
+    from tokenizers import normalizers
+
+    import lit_gpt.convert as convert
+
+    def without_dummy_prefix(path):
+        tok = convert_spm(path)
+        tok.normalizer = normalizers.Replace(" ", "▁")
+        return tok
+
+    convert_spm = convert.sentencepiece_to_tokenizers
+    monkeypatch.setattr(convert, "sentencepiece_to_tokenizers", without_dummy_prefix)
+    model = random_gpt()
+    save_lit_folder(model.state_dict(), model.config, tmp_path / "lit", tokenizer_dir=spm_dir)
+    with pytest.raises(SystemExit) as e:
+        run_main("convert_lit_to_hf.py", tmp_path / "lit", tmp_path / "hf")
+    assert re.fullmatch(re.escape(f"error: {tmp_path / 'lit' / 'tokenizer.model'}: the exported tokenizer disagrees "
+                                  "with lit_gpt's: AutoTokenizer encodes '  Two leading spaces' as [3, 3, ")
+                        + r"[\d, ]+\], lit_gpt as \[3, [\d, ]+\]", str(e.value))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lit"]
 
 
 def test_load_model_state_every_layout(tmp_path, spm_dir):

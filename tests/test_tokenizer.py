@@ -27,19 +27,36 @@ def test_sentencepiece(spm_dir):
     assert tok.encode_batch(["the lazy dog"]) == [ids[1:-1]]
 
 
-def test_huggingface_json(tmp_path):
+def save_bpe_json(folder):
+    """A byte-level BPE tokenizer.json with <unk>, <s>, </s> as ids 0, 1, 2."""
     from tokenizers import Tokenizer as HF, models, pre_tokenizers, trainers, decoders
 
     hf = HF(models.BPE(unk_token="<unk>"))
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()
     hf.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"]))
-    hf.save(str(tmp_path / "tokenizer.json"))
+    hf.save(str(folder / "tokenizer.json"))
+
+
+def test_huggingface_json(tmp_path):
+    save_bpe_json(tmp_path)
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": {"content": "</s>"}}))
     tok = Tokenizer(tmp_path)
     assert (tok.bos_id, tok.eos_id, tok.backend) == (1, 2, "huggingface")
     ids = tok.encode("the lazy dog", eos=True)
     assert ids[-1] == 2 and tok.decode(ids[:-1]) == "the lazy dog"
+
+
+def test_null_special_token_means_none(tmp_path):
+    """tokenizer_config.json's `"bos_token": null` says there is no BOS (as transformers reads it); config.json's ids
+    count only for the keys tokenizer_config.json does not have (the HF export writes null for a missing BOS)."""
+    save_bpe_json(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": None}))
+    tok = Tokenizer(tmp_path)
+    assert (tok.bos_id, tok.eos_id) == (None, 2)
+    with pytest.raises(ValueError, match="tokenizer has no BOS token"):
+        tok.encode("the", bos=True)
 
 
 def test_missing_and_unreadable(tmp_path):
