@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo clean configs
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,3 +22,7 @@ demo: setup
 
 clean:
 	rm -rf out/demo
+
+# configs/<recipe>.yaml is generated from pretrain/<recipe>.py (tests/test_configs.py fails when they drift apart)
+configs: setup
+	for r in debug microllama tinyllama; do $(PY) scripts/write_config.py $$r; done

@@ -20,7 +20,6 @@ DEFAULTS = TrainArgs(
     learning_rate=3e-3,
     min_lr=3e-4,
     warmup_steps=20,
-    seed=42,
     eval_interval=100,
     eval_iters=8,
     save_interval=250,
