@@ -257,8 +257,7 @@ class Trainer:
         gather = self.checkpointer.gather
         return {"model": self.model, "optimizer": self.optimizer, "step": self.step, "tokens_seen": self.tokens_seen,
                 "train_dataloader": gather(self.train_loader.state_dict()), "rng": gather(rng_state()),
-                "world_size": self.fabric.world_size, "model_config": self.config.to_dict(),
-                "train_args": {k: str(v) for k, v in asdict(self.args).items()}}
+                "world_size": self.fabric.world_size, "model_config": self.config.to_dict()}
 
     def save_checkpoint(self) -> Path:
         return self.checkpointer.save(self.step, self._state(), self.config)
