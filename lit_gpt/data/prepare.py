@@ -19,6 +19,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections import Counter, deque
@@ -31,7 +32,7 @@ import numpy as np
 
 from lit_gpt.data.sources import DataError, decompress
 from lit_gpt.packed_dataset import PackedDatasetWriter, chunk_name, dtype_for_vocab
-from lit_gpt.utils import atomic_write, fsync
+from lit_gpt.utils import atomic_write, exit_with_parent, fsync
 
 BATCH_BYTES = 1 << 20
 MAX_EXAMPLES = 5
@@ -80,9 +81,11 @@ class Stats:
 _worker: dict = {}
 
 
-def init_worker(tokenizer_dir: str, skip_sets: Sequence[str]) -> None:
+def init_worker(tokenizer_dir: str, skip_sets: Sequence[str], parent_pid: int) -> None:
     from lit_gpt.tokenizer import Tokenizer
 
+    exit_with_parent(parent_pid)  # blocked on the task pipe, a worker would otherwise outlive a killed parent forever
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops the pool
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per process for HF tokenizers too
     tokenizer = Tokenizer(tokenizer_dir)
     if tokenizer.eos_id is None:
@@ -258,7 +261,7 @@ def prepare(source, split: str, tokenizer_dir: Union[str, Path], destination: Un
     total_tokens = writer.counter * chunk_size + writer.n_buffered
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     tokenizers = ProcessPoolExecutor(num_workers, mp_context=context, initializer=init_worker,
-                                     initargs=(str(tokenizer_dir), tuple(skip_sets)))
+                                     initargs=(str(tokenizer_dir), tuple(skip_sets), os.getpid()))
     # start the processes before any thread exists (fork after threads is unsafe), and surface init errors
     for f in [tokenizers.submit(os.getpid) for _ in range(num_workers)]:
         f.result()
