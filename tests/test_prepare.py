@@ -19,6 +19,7 @@ from lit_gpt.data.sources import DataError, HttpSource, LocalSource, decompress
 from lit_gpt import packed_dataset
 from lit_gpt.packed_dataset import read_chunk, read_header
 from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.utils import exit_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "data" / "tokenizer"
@@ -188,6 +189,43 @@ def children(pid: int) -> list[int]:
     return kids
 
 
+def alive(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+@pytest.mark.parametrize("platform", ["linux", "other"])
+def test_exit_with_parent(monkeypatch, platform):
+    """A process that called exit_with_parent dies soon after its parent's kill -9: by the parent-death signal on
+    Linux, by the os.getppid() watch elsewhere."""
+    monkeypatch.setattr(sys, "platform", platform)
+    read, write = os.pipe()
+    parent = os.fork()
+    if parent == 0:  # starts a child that watches it, says the child's id, waits to be killed
+        me = os.getpid()
+        child = os.fork()
+        if child == 0:
+            exit_with_parent(me, poll_s=0.05)
+            time.sleep(30)
+            os._exit(0)
+        os.write(write, b"%d" % child)
+        time.sleep(30)
+        os._exit(0)
+    child = int(os.read(read, 32))
+    os.close(read)
+    os.close(write)
+    os.kill(parent, signal.SIGKILL)
+    os.waitpid(parent, 0)
+    deadline = time.time() + 3
+    while alive(child) and time.time() < deadline:
+        time.sleep(0.02)
+    if alive(child):
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the child outlived its parent")
+
+
 # Runs the script, SIGKILLing itself at the n-th atomic rename into a file whose name ends with `suffix`, just
 # before or just after it: a chunk or manifest fully written but not yet in place (its temp file left), or in place.
 KILL_AT = """
@@ -230,9 +268,9 @@ def test_kill_9_at_any_moment_then_rerun_gives_identical_output(corpus, server, 
         assert len(json.loads(manifest.read_text())["files"]) == files_done
         assert len(workers) == 2
         deadline = time.time() + 5
-        while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        while time.time() < deadline and any(map(alive, workers)):
             time.sleep(0.05)
-        assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "workers outlived their parent"
+        assert not any(map(alive, workers)), "workers outlived their parent"
     result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "2 done before" in result.stdout
