@@ -3,6 +3,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -179,16 +180,6 @@ def test_ctrl_c_then_rerun(corpus, tmp_path, monkeypatch, where, n):
     assert stats.files == 6 and sum(stats.docs.values()) == sum(r["meta"]["redpajama_set_name"] != "RedPajamaGithub" for r in rows)
 
 
-def children(pid: int) -> list[int]:
-    """Ids of the processes whose parent is `pid` (Linux /proc)."""
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(stat.parent.name))
-    return kids
-
-
 def alive(pid: int) -> bool:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -227,19 +218,23 @@ def test_exit_with_parent(monkeypatch, platform):
 
 
 # Runs the script, SIGKILLing itself at the n-th atomic rename into a file whose name ends with `suffix`, just
-# before or just after it: a chunk or manifest fully written but not yet in place (its temp file left), or in place.
+# before or just after it (a chunk or manifest fully written but not yet in place, or in place), after printing the
+# ids of its tokenizer processes.
 KILL_AT = """
-import os, runpy, signal, sys
+import multiprocessing, os, runpy, signal, sys
 suffix, n, when, script = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 real, seen = os.replace, []
+def die():
+    print("workers:", *[p.pid for p in multiprocessing.active_children()], file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
 def replace(src, dst):
     seen.append(str(dst).endswith(suffix))
     last = seen[-1] and seen.count(True) == n
     if last and when == "before":
-        os.kill(os.getpid(), signal.SIGKILL)
+        die()
     real(src, dst)
     if last and when == "after":
-        os.kill(os.getpid(), signal.SIGKILL)
+        die()
 os.replace = replace
 sys.argv = sys.argv[4:]
 runpy.run_path(script, run_name="__main__")
@@ -258,14 +253,14 @@ def test_kill_9_at_any_moment_then_rerun_gives_identical_output(corpus, server, 
             str(TOKENIZER), "--chunk_size", "997", "--num_workers", "2"]
     manifest = tmp_path / "out" / "train_slimpajama.manifest.json"
     for suffix, n, when, files_done in [(".bin", 1, "after", 0), (".json", 4, "before", 2), (".bin", 4, "after", 2)]:
-        proc = subprocess.Popen([sys.executable, "-c", KILL_AT, suffix, str(n), when, *args], stderr=subprocess.PIPE)
-        workers = []
-        while len(workers) < 2 and proc.poll() is None:  # the tokenizer processes start before the first chunk
-            workers = children(proc.pid)
-            time.sleep(0.01)
-        assert proc.wait() == -signal.SIGKILL, proc.stderr.read().decode()
-        proc.stderr.close()
+        with open(tmp_path / "stderr", "w+") as stderr:  # a file, not a pipe: orphans holding it open don't block
+            code = subprocess.call([sys.executable, "-c", KILL_AT, suffix, str(n), when, *args], timeout=300,
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
+            stderr.seek(0)
+            err = stderr.read()
+        assert code == -signal.SIGKILL, err
         assert len(json.loads(manifest.read_text())["files"]) == files_done
+        workers = [int(pid) for pid in re.search(r"workers:(.*)", err)[1].split()]
         assert len(workers) == 2
         deadline = time.time() + 5
         while time.time() < deadline and any(map(alive, workers)):
