@@ -4,8 +4,13 @@ expected-error type of training, durations."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import IO, Iterator, Union
 
@@ -27,6 +32,24 @@ def first_line(e: BaseException) -> str:
     """The first line of an exception's message (its type name when the message is empty), for one-line errors."""
     text = str(e).strip() or type(e).__name__
     return text.splitlines()[0]
+
+
+def exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+    """Ends this (child) process when `parent_pid` dies, even by SIGKILL, so that no worker is left orphaned: a
+    parent-death signal on Linux, else a daemon thread that polls os.getppid() (an orphan gets a new parent)."""
+    if sys.platform == "linux":
+        PR_SET_PDEATHSIG = 1
+        if ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0:
+            if os.getppid() != parent_pid:  # the parent died before the signal was armed
+                os._exit(1)
+            return
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def fsync(path: Union[str, Path]) -> None:

@@ -2,6 +2,8 @@
 
 Writes {destination}/{split}_slimpajama_{counter:010d}.bin (chunks of --chunk_size tokens, the last one shorter)
 and {destination}/{split}_slimpajama.manifest.json. Rerun the same command after an interruption to continue.
+Exits 1 with a one-line error on bad input, and also when a source file was damaged (corrupt or truncated .zst, after
+one more download when streaming): the other files are prepared, and the summary says what was lost.
 
   # a local copy:        .../SlimPajama-627B/{train,validation,test}/chunk*/example_*.jsonl.zst
   python scripts/prepare_slimpajama.py --source_path /data/SlimPajama-627B --split train --destination data/slim
@@ -61,14 +63,18 @@ def main(argv=None) -> None:
     else:
         source = HuggingFaceSource(args.hf_repo, args.revision, **retry)
     try:
-        prepare(source, args.split, args.tokenizer_dir, args.destination, chunk_size=args.chunk_size,
-                skip_sets=args.skip_sets, max_files=args.max_files, max_tokens=args.max_tokens,
-                num_workers=args.num_workers, download_workers=args.download_workers,
-                progress_every=args.progress_every)
+        stats = prepare(source, args.split, args.tokenizer_dir, args.destination, chunk_size=args.chunk_size,
+                        skip_sets=args.skip_sets, max_files=args.max_files, max_tokens=args.max_tokens,
+                        num_workers=args.num_workers, download_workers=args.download_workers,
+                        progress_every=args.progress_every)
     except (DataError, OSError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         sys.exit("interrupted: rerun the same command to continue")
+    if stats.damaged_files:  # the rest is done, but no script should carry on unaware of the loss
+        names = list(stats.damaged_files)
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        sys.exit(f"error: data lost from {len(names)} damaged source files: {', '.join(names[:3])}{more}")
 
 
 if __name__ == "__main__":

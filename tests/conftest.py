@@ -1,5 +1,8 @@
+import contextlib
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,3 +25,41 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+# Helpers that live as long as the pytest process and stop with it (torch.compile's worker pool).
+PYTEST_LIFETIME = ("torch/_inductor/compile_worker",)
+
+
+def _started_by_this_session(marker: bytes) -> list[str]:
+    """'pid cmdline' of the live processes this pytest started: its forked children, and every process whose
+    environment holds `marker` (inherited by subprocesses and their children, orphaned or not)."""
+    left = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            state, ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+            ours = int(ppid) == os.getpid() or marker in (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+        if ours and state != "Z" and int(proc.name) != os.getpid() and not any(h in cmdline for h in PYTEST_LIFETIME):
+            left.append(f"{proc.name} {cmdline[:200]}")
+    return left
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind():
+    """Fails the suite when a process it started is still alive a few seconds after the last test (and kills it)."""
+    if sys.platform != "linux":
+        yield
+        return
+    os.environ["LIT_GPT_TEST_SESSION"] = session = f"{os.getpid()}-{time.time()}"
+    yield
+    marker = f"LIT_GPT_TEST_SESSION={session}".encode()
+    deadline = time.time() + 5
+    while (left := _started_by_this_session(marker)) and time.time() < deadline:
+        time.sleep(0.2)
+    for line in left:
+        with contextlib.suppress(OSError):
+            os.kill(int(line.split()[0]), signal.SIGKILL)
+    assert not left, "processes started by the tests outlived them:\n" + "\n".join(left)

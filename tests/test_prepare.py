@@ -1,7 +1,9 @@
+import contextlib
 import functools
 import http.server
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,10 +15,12 @@ import numpy as np
 import pytest
 import zstandard
 
-from lit_gpt.data.prepare import Manifest, prepare
-from lit_gpt.data.sources import DataError, HttpSource, LocalSource
+from lit_gpt.data.prepare import Manifest, Stats, prepare
+from lit_gpt.data.sources import DataError, HttpSource, LocalSource, decompress
+from lit_gpt import packed_dataset
 from lit_gpt.packed_dataset import read_chunk, read_header
 from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.utils import exit_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "data" / "tokenizer"
@@ -81,14 +85,21 @@ def run(source, dest, **kw):
 
 class Handler(http.server.SimpleHTTPRequestHandler):
     fail: dict = {}  # path -> [status, times left]
-    delay = 0.0
+    damage: dict = {}  # path -> times left to send the file with random bytes in its middle
 
     def do_GET(self):
-        time.sleep(self.delay if self.path.endswith(".zst") else 0)
         rule = self.fail.get(self.path)
         if rule and rule[1] > 0:
             rule[1] -= 1
             self.send_error(rule[0])
+            return
+        if self.damage.get(self.path, 0) > 0:
+            self.damage[self.path] -= 1
+            body = damaged(Path(self.directory, self.path.lstrip("/")).read_bytes())
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
             return
         super().do_GET()
 
@@ -98,7 +109,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture
 def server(corpus):
-    handler = type("H", (Handler,), {"fail": {}, "delay": 0.0})
+    handler = type("H", (Handler,), {"fail": {}, "damage": {}})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(corpus[0])))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -142,55 +153,143 @@ def test_skip_sets_none_and_max_files_and_max_tokens(corpus, tmp_path):
         run(LocalSource(root), tmp_path / "max", max_tokens=6000)
 
 
-def test_crash_between_chunks_and_manifest_then_rerun(corpus, tmp_path, monkeypatch):
-    """Chunks of the next file are on disk but its manifest entry is not: the rerun must drop and redo them."""
+@pytest.mark.parametrize("where, n", [("chunk", 3), ("manifest", 5)])
+def test_ctrl_c_then_rerun(corpus, tmp_path, monkeypatch, where, n):
+    """Ctrl-C before the 3rd chunk write (two chunks on disk, no file recorded yet) or before the 4th file is
+    recorded (its chunks on disk): the rerun drops what is not recorded and redoes it."""
     root, rows = corpus
-    real_save, calls = Manifest.save, []
+    target = (packed_dataset, "write_chunk") if where == "chunk" else (Manifest, "save")
+    real, calls = getattr(*target), []
 
-    def crashing_save(self):
+    def interrupted(*args):
         calls.append(1)
-        if len(calls) == 4:
+        if len(calls) == n:
             raise KeyboardInterrupt
-        real_save(self)
+        real(*args)
 
-    monkeypatch.setattr(Manifest, "save", crashing_save)
+    monkeypatch.setattr(*target, interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(LocalSource(root), tmp_path / "out")
-    monkeypatch.setattr(Manifest, "save", real_save)
-    assert len(json.loads((tmp_path / "out" / "train_slimpajama.manifest.json").read_text())["files"]) == 3
-    stats = run(LocalSource(root), tmp_path / "out", num_workers=2)
+    monkeypatch.setattr(*target, real)
+    done = json.loads((tmp_path / "out" / "train_slimpajama.manifest.json").read_text())["files"]
+    assert len(done) == (0 if where == "chunk" else 3) and len(list((tmp_path / "out").glob("*.bin"))) >= 2
+    chunk_size = 1000 if where == "chunk" else 997  # a run that recorded nothing binds no option
+    stats = run(LocalSource(root), tmp_path / "out", num_workers=2, chunk_size=chunk_size)
     assert np.array_equal(output(tmp_path / "out")[0], expected_tokens(rows))
+    assert read_header(tmp_path / "out" / "train_slimpajama_0000000000.bin")[1] == chunk_size
     assert stats.files == 6 and sum(stats.docs.values()) == sum(r["meta"]["redpajama_set_name"] != "RedPajamaGithub" for r in rows)
 
 
+def alive(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+@pytest.mark.parametrize("platform", ["linux", "other"])
+def test_exit_with_parent(monkeypatch, platform):
+    """A process that called exit_with_parent dies soon after its parent's kill -9: by the parent-death signal on
+    Linux, by the os.getppid() watch elsewhere."""
+    monkeypatch.setattr(sys, "platform", platform)
+    read, write = os.pipe()
+    parent = os.fork()
+    if parent == 0:  # starts a child that watches it, says the child's id, waits to be killed
+        me = os.getpid()
+        child = os.fork()
+        if child == 0:
+            exit_with_parent(me, poll_s=0.05)
+            time.sleep(30)
+            os._exit(0)
+        os.write(write, b"%d" % child)
+        time.sleep(30)
+        os._exit(0)
+    child = int(os.read(read, 32))
+    os.close(read)
+    os.close(write)
+    os.kill(parent, signal.SIGKILL)
+    os.waitpid(parent, 0)
+    deadline = time.time() + 3
+    while alive(child) and time.time() < deadline:
+        time.sleep(0.02)
+    if alive(child):
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the child outlived its parent")
+
+
+# Runs the script, SIGKILLing itself at the n-th atomic rename into a file whose name ends with `suffix`, just
+# before or just after it (a chunk or manifest fully written but not yet in place, or in place), after printing the
+# ids of its tokenizer processes.
+KILL_AT = """
+import multiprocessing, os, runpy, signal, sys
+suffix, n, when, script = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+real, seen = os.replace, []
+def die():
+    print("workers:", *[p.pid for p in multiprocessing.active_children()], file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+def replace(src, dst):
+    seen.append(str(dst).endswith(suffix))
+    last = seen[-1] and seen.count(True) == n
+    if last and when == "before":
+        die()
+    real(src, dst)
+    if last and when == "after":
+        die()
+os.replace = replace
+sys.argv = sys.argv[4:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
 @pytest.mark.slow
-def test_kill_9_mid_run_then_rerun_gives_identical_output(corpus, server, tmp_path):
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_kill_9_at_any_moment_then_rerun_gives_identical_output(corpus, server, tmp_path):
+    """kill -9 right after the first chunk landed (before any file is recorded), with the 3rd file's manifest entry
+    written but not renamed, and mid-file with a partial chunk to reload: each rerun continues, the result equals an
+    uninterrupted run byte for byte, and the killed run's tokenizer processes die with it."""
     root, rows = corpus
     run(LocalSource(root), tmp_path / "reference")
-    httpd, handler, url = server
-    handler.delay = 0.4  # each file takes a while to "download": room to kill mid-run
-    cmd = [sys.executable, str(SCRIPT), "--stream", "--base_url", url, "--destination", str(tmp_path / "out"),
-           "--tokenizer_dir", str(TOKENIZER), "--chunk_size", "997", "--num_workers", "1", "--download_workers", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [str(SCRIPT), "--stream", "--base_url", server[2], "--destination", str(tmp_path / "out"), "--tokenizer_dir",
+            str(TOKENIZER), "--chunk_size", "997", "--num_workers", "2"]
     manifest = tmp_path / "out" / "train_slimpajama.manifest.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if manifest.exists() and len(json.loads(manifest.read_text())["files"]) >= 2:
-            break
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = json.loads(manifest.read_text())
-    assert 2 <= len(done["files"]) < 6 and not done["complete"], "the kill must land mid-run"
-    handler.delay = 0.0
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    for suffix, n, when, files_done in [(".bin", 1, "after", 0), (".json", 4, "before", 2), (".bin", 4, "after", 2)]:
+        with open(tmp_path / "stderr", "w+") as stderr:  # a file, not a pipe: orphans holding it open don't block
+            code = subprocess.call([sys.executable, "-c", KILL_AT, suffix, str(n), when, *args], timeout=300,
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
+            stderr.seek(0)
+            err = stderr.read()
+        assert code == -signal.SIGKILL, err
+        assert len(json.loads(manifest.read_text())["files"]) == files_done
+        workers = [int(pid) for pid in re.search(r"workers:(.*)", err)[1].split()]
+        assert len(workers) == 2
+        deadline = time.time() + 5
+        while time.time() < deadline and any(map(alive, workers)):
+            time.sleep(0.05)
+        assert not any(map(alive, workers)), "workers outlived their parent"
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert f"{len(done['files'])} done before" in result.stdout
+    assert "2 done before" in result.stdout
     assert output(tmp_path / "out")[1] == output(tmp_path / "reference")[1]
     assert not list((tmp_path / "out").glob(".*tmp*"))
 
 
-def test_bad_rows_and_files_are_counted_never_silently_lost(tmp_path):
+def damaged(raw: bytes) -> bytes:
+    """`raw` with 64 random bytes in its middle."""
+    middle = len(raw) // 2
+    return raw[:middle] + np.random.default_rng(0).bytes(64) + raw[middle + 64 :]
+
+
+def test_decompress_tells_corrupt_from_truncated():
+    frames = [zstandard.ZstdCompressor().compress(b'{"text": "%d"}\n' % i) for i in range(3)]
+    assert decompress("a.jsonl.zst", b"".join(frames)) == (b"".join(b'{"text": "%d"}\n' % i for i in range(3)), None)
+    bad = damaged(zstandard.ZstdCompressor().compress(b"".join(b'{"text": "%d"}\n' % i for i in range(200))))
+    data, damage = decompress("a.jsonl.zst", frames[0] + bad + frames[2])  # nothing kept from the bad frame on
+    assert data == b'{"text": "0"}\n' and damage.startswith(f"corrupt: {len(bad + frames[2]):,} of ")
+    assert decompress("a.jsonl.zst", b"plain text\n")[1].startswith("corrupt: 11 of 11 compressed bytes unreadable")
+    assert decompress("a.jsonl.zst", frames[0] + frames[1][:-3])[1].startswith("truncated: ends inside a zstd frame")
+
+
+def test_bad_rows_and_damaged_files_are_reported_and_fail_the_run(tmp_path, capsys):
     good = [{"text": f"document number {i} about tokens", "meta": {"redpajama_set_name": "RedPajamaC4"}} for i in range(6)]
     root = tmp_path / "src"
     write_rows(root / "train/chunk1/example_train_0.jsonl.zst", good[:2],
@@ -201,18 +300,53 @@ def test_bad_rows_and_files_are_counted_never_silently_lost(tmp_path):
     raw = (root / "train/chunk1/example_train_2.jsonl.zst").read_bytes()
     (root / "train/chunk1/example_train_2.jsonl.zst").write_bytes(raw[:-500])  # truncated .zst
     write_rows(root / "train/chunk1/example_train_3.jsonl.zst", good[2:])
-    logs = []
-    stats = run(LocalSource(root), tmp_path / "out", log=logs.append)
+    (root / "train/chunk1/example_train_4.jsonl.zst").write_text('{"text": "not compressed"}\n')
+    (root / "train/chunk1/example_train_5.jsonl.zst").write_bytes(damaged(raw))
+    args = ("--source_path", root, "--destination", tmp_path / "out", "--tokenizer_dir", TOKENIZER, "--num_workers", 1)
+    lost = "error: data lost from 3 damaged source files: train/chunk1/example_train_2.jsonl.zst, " \
+           "train/chunk1/example_train_4.jsonl.zst, train/chunk1/example_train_5.jsonl.zst"
+    assert cli(*args) == lost  # exit status 1, after every file was done
+    report = capsys.readouterr().out
+    stats = Stats.from_json(json.loads((tmp_path / "out/train_slimpajama.manifest.json").read_text())["stats"])
+    assert stats.files == 6
     assert stats.malformed == {"malformed JSON": 1, "no text field": 2, "invalid UTF-8": 1}
     assert stats.examples["invalid UTF-8"] == ["train/chunk1/example_train_0.jsonl.zst:5"]
     assert stats.empty_files == ["train/chunk1/example_train_1.jsonl.zst"]
-    assert stats.truncated_files == ["train/chunk1/example_train_2.jsonl.zst"]
     kept_big = stats.docs["unknown"]
     assert 0 < kept_big < 40  # the complete rows before the cut
     assert np.array_equal(output(tmp_path / "out")[0], expected_tokens(good[:2] + big[:kept_big] + good[2:]))
-    report = "\n".join(logs)
     assert "malformed rows (invalid UTF-8): 1, e.g. train/chunk1/example_train_0.jsonl.zst:5" in report
-    assert "truncated files" in report and "empty files" in report and "RedPajamaC4" in report
+    assert "LOST data of train/chunk1/example_train_2.jsonl.zst: truncated: ends inside a zstd frame" in report
+    assert "LOST data of train/chunk1/example_train_4.jsonl.zst: corrupt: 27 of 27 compressed bytes" in report
+    assert f"LOST data of train/chunk1/example_train_5.jsonl.zst: corrupt: {len(raw):,} of {len(raw):,}" in report
+    assert "empty files" in report and "RedPajamaC4" in report
+    assert cli(*args) == lost  # the rerun has nothing to do, and still says what the data set lacks
+
+
+def test_zero_tokens_is_an_error_and_leaves_the_destination_empty(tmp_path):
+    root = tmp_path / "src"
+    (root / "train").mkdir(parents=True)
+    (root / "train/example_train_0.jsonl.zst").write_bytes(b"\x00" * 100)
+    args = ("--source_path", root, "--destination", tmp_path / "out", "--tokenizer_dir", TOKENIZER, "--num_workers", 1)
+    for _ in range(2):  # nothing is recorded: the rerun tries again
+        message = cli(*args)
+        assert message.endswith("train: no tokens to write from 1 files (1 damaged, 0 empty, 0 documents skipped, "
+                                "0 malformed rows)")
+        assert not list((tmp_path / "out").iterdir())
+
+
+def test_stream_downloads_a_damaged_file_again(corpus, server, tmp_path):
+    root, rows = corpus
+    _, handler, url = server
+    handler.damage["/train/chunk2/example_train_1.jsonl.zst"] = 1  # one bad transfer, then the good file
+    logs = []
+    stats = run(HttpSource(url), tmp_path / "once", log=logs.append)
+    assert np.array_equal(output(tmp_path / "once")[0], expected_tokens(rows)) and not stats.damaged_files
+    assert any("example_train_1.jsonl.zst: corrupt" in line and "downloading it again" in line for line in logs)
+    handler.damage["/train/chunk2/example_train_1.jsonl.zst"] = 2  # damaged on the server: lost, the rest kept
+    stats = run(HttpSource(url), tmp_path / "twice")
+    assert list(stats.damaged_files) == ["train/chunk2/example_train_1.jsonl.zst"]
+    assert np.array_equal(output(tmp_path / "twice")[0], expected_tokens(rows[:21] + rows[35:]))
 
 
 def test_http_errors_are_retried_then_reported_and_the_rerun_finishes(corpus, server, tmp_path):

@@ -5,10 +5,11 @@ lines go in ~1 MB batches to a pool of tokenizer processes; the main thread take
 order and appends them to one `PackedDatasetWriter`. So the token stream is the same whatever the number of
 workers, and local or streamed input gives identical files.
 
-Resume: after the last batch of each source file the writer commits (the partial chunk is written under its
-counter) and the manifest `{destination}/{prefix}.manifest.json` records the file with the writer's position. A
-rerun skips the recorded files, reloads the partial chunk and deletes chunks written after the commit: every
-document ends up on disk exactly once, however the previous run ended.
+Resume: the manifest `{destination}/{prefix}.manifest.json` is saved before the first chunk, and after the last
+batch of each source file the writer commits (the partial chunk is written under its counter) and the manifest
+records the file with the writer's position. A rerun skips the recorded files, reloads the partial chunk and
+deletes chunks written after the commit: every document ends up on disk exactly once, however and whenever the
+previous run ended.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections import Counter, deque
@@ -31,7 +33,7 @@ import numpy as np
 
 from lit_gpt.data.sources import DataError, decompress
 from lit_gpt.packed_dataset import PackedDatasetWriter, chunk_name, dtype_for_vocab
-from lit_gpt.utils import atomic_write, fsync
+from lit_gpt.utils import atomic_write, exit_with_parent, fsync
 
 BATCH_BYTES = 1 << 20
 MAX_EXAMPLES = 5
@@ -44,7 +46,7 @@ class Stats:
     skipped: Counter = field(default_factory=Counter)
     malformed: Counter = field(default_factory=Counter)  # per reason
     examples: dict = field(default_factory=dict)  # reason -> a few "file:line" locations
-    truncated_files: list = field(default_factory=list)
+    damaged_files: dict = field(default_factory=dict)  # name -> what is wrong: data lost, the run fails
     empty_files: list = field(default_factory=list)
     files: int = 0
     bytes_in: int = 0
@@ -70,7 +72,7 @@ class Stats:
     @classmethod
     def from_json(cls, d: dict) -> "Stats":
         counters = {k: Counter(d.get(k, {})) for k in ("docs", "tokens", "skipped", "malformed")}
-        return cls(**counters, examples=d.get("examples", {}), truncated_files=d.get("truncated_files", []),
+        return cls(**counters, examples=d.get("examples", {}), damaged_files=d.get("damaged_files", {}),
                    empty_files=d.get("empty_files", []), files=d.get("files", 0), bytes_in=d.get("bytes_in", 0))
 
 
@@ -80,9 +82,11 @@ class Stats:
 _worker: dict = {}
 
 
-def init_worker(tokenizer_dir: str, skip_sets: Sequence[str]) -> None:
+def init_worker(tokenizer_dir: str, skip_sets: Sequence[str], parent_pid: int) -> None:
     from lit_gpt.tokenizer import Tokenizer
 
+    exit_with_parent(parent_pid)  # blocked on the task pipe, a worker would otherwise outlive a killed parent forever
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops the pool
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per process for HF tokenizers too
     tokenizer = Tokenizer(tokenizer_dir)
     if tokenizer.eos_id is None:
@@ -172,6 +176,8 @@ class Manifest:
             d = json.loads(self.path.read_text())
         except ValueError:
             raise DataError(f"{self.path}: unreadable manifest; delete the destination's {self.path.stem}* files to start over") from None
+        if not d["files"]:  # a run that recorded nothing binds nothing: start afresh, with this run's options
+            return False
         for key, value in self.options.items():
             if d["options"].get(key) != value:
                 raise DataError(f"{self.path}: previous run used {key}={d['options'].get(key)!r}, this one "
@@ -236,15 +242,17 @@ def prepare(source, split: str, tokenizer_dir: Union[str, Path], destination: Un
                "max_tokens": max_tokens, "tokenizer_sha256": file_sha256(tokenizer.path)}
     manifest = Manifest(destination / f"{prefix}.manifest.json", options)
     writer = PackedDatasetWriter(destination, prefix, chunk_size, tokenizer.vocab_size)
-    if manifest.load():
-        if manifest.complete:
-            log(f"{destination}: {prefix} already complete ({len(manifest.files)} files); nothing to do")
-            return manifest.stats
-        writer.resume_from(manifest.position)
-        for stale in destination.glob(f".{manifest.path.name}.tmp-*"):  # left by a kill during a manifest write
-            stale.unlink()
-    elif any(destination.glob(f"{prefix}_*.bin")):
-        raise DataError(f"{destination}: holds {prefix}_*.bin files but no {manifest.path.name}; use an empty --destination")
+    for stale in destination.glob(f".{manifest.path.name}.tmp-*"):  # left by a kill during a manifest write
+        stale.unlink()
+    if not manifest.load():
+        if any(destination.glob(f"{prefix}_*.bin")) and not manifest.path.exists():
+            raise DataError(f"{destination}: holds {prefix}_*.bin files but no {manifest.path.name}; "
+                            "use an empty --destination")
+        manifest.save()  # before the first chunk: every chunk on disk is then one a rerun knows to drop or keep
+    elif manifest.complete:
+        log(f"{destination}: {prefix} already complete ({len(manifest.files)} files); nothing to do")
+        return manifest.stats
+    writer.resume_from(manifest.position)  # drops chunks written after the last save
 
     done = manifest.files
     if names[: len(done)] != done:
@@ -258,12 +266,12 @@ def prepare(source, split: str, tokenizer_dir: Union[str, Path], destination: Un
     total_tokens = writer.counter * chunk_size + writer.n_buffered
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     tokenizers = ProcessPoolExecutor(num_workers, mp_context=context, initializer=init_worker,
-                                     initargs=(str(tokenizer_dir), tuple(skip_sets)))
+                                     initargs=(str(tokenizer_dir), tuple(skip_sets), os.getpid()))
     # start the processes before any thread exists (fork after threads is unsafe), and surface init errors
     for f in [tokenizers.submit(os.getpid) for _ in range(num_workers)]:
         f.result()
     fetchers = ThreadPoolExecutor(download_workers)
-    fetched: deque[Future] = deque(fetchers.submit(fetch_file, source, n) for n in todo[: download_workers + 1])
+    fetched: deque[Future] = deque(fetchers.submit(fetch_file, source, n, log) for n in todo[: download_workers + 1])
     pending: deque = deque()  # (future or None, file name, None or the file's facts when it is its last batch)
     max_pending = 2 * num_workers + 2
 
@@ -285,10 +293,11 @@ def prepare(source, split: str, tokenizer_dir: Union[str, Path], destination: Un
             progress.update(docs=len(lengths), tokens=len(tokens))
         reached = max_tokens is not None and total_tokens >= max_tokens
         if file_facts is not None or reached:
-            raw_size, truncated = file_facts or (0, False)
+            raw_size, damage = file_facts or (0, None)
             stats.files += 1
             stats.bytes_in += raw_size
-            stats.truncated_files += [name] if truncated else []
+            if damage:
+                stats.damaged_files[name] = damage
             stats.empty_files += [name] if raw_size == 0 and file_facts else []
             manifest.files.append(name)
             manifest.position = writer.commit()
@@ -300,23 +309,23 @@ def prepare(source, split: str, tokenizer_dir: Union[str, Path], destination: Un
     def run() -> None:
         for i, name in enumerate(todo):
             try:
-                raw_size, data, truncated = fetched.popleft().result()
+                raw_size, data, damage = fetched.popleft().result()
             except DataError:
                 while pending:  # keep (and record) the work done before the failure, then report it
                     if finish_one():
                         break
                 raise
             if i + download_workers + 1 < len(todo):
-                fetched.append(fetchers.submit(fetch_file, source, todo[i + download_workers + 1]))
+                fetched.append(fetchers.submit(fetch_file, source, todo[i + download_workers + 1], log))
             progress.update(bytes=raw_size)
             if raw_size == 0:
                 log(f"warning: {name}: empty file")
-            if truncated:
-                log(f"warning: {name}: truncated compressed file; keeping the complete lines before the cut")
+            if damage:
+                log(f"warning: {name}: {damage}; keeping the complete lines before the damage")
                 data = data[: data.rfind(b"\n") + 1]
             batches = split_batches(data) or [(1, b"")]
             for j, (line, blob) in enumerate(batches):
-                facts = (raw_size, truncated) if j == len(batches) - 1 else None
+                facts = (raw_size, damage) if j == len(batches) - 1 else None
                 pending.append((tokenizers.submit(tokenize_batch, name, line, blob), name, facts))
                 while len(pending) > max_pending:
                     if finish_one():
@@ -334,14 +343,24 @@ def prepare(source, split: str, tokenizer_dir: Union[str, Path], destination: Un
         fetchers.shutdown(wait=False, cancel_futures=True)
         tokenizers.shutdown(wait=True, cancel_futures=True)
     progress.close()
+    if writer.counter == 0 and writer.n_buffered == 0:
+        manifest.path.unlink()  # nothing was written: leave the destination as it was, so a rerun starts afresh
+        why = (f"{len(stats.damaged_files)} damaged, {len(stats.empty_files)} empty, "
+               f"{sum(stats.skipped.values())} documents skipped, {sum(stats.malformed.values())} malformed rows")
+        raise DataError(f"{source.describe()} {split}: no tokens to write from {stats.files} files ({why})")
     log(summary(stats, time.perf_counter() - start, destination, prefix, writer))
     return stats
 
 
-def fetch_file(source, name: str) -> tuple[int, bytes, bool]:
+def fetch_file(source, name: str, log) -> tuple[int, bytes, Optional[str]]:
+    """(compressed size, text bytes, what is wrong with the file or None)."""
     raw = source.fetch(name)
-    data, truncated = decompress(name, raw)
-    return len(raw), data, truncated
+    data, damage = decompress(name, raw)
+    if damage and source.remote:  # a transfer error looks the same as a damaged file: download it once more
+        log(f"warning: {name}: {damage}; downloading it again")
+        raw = source.fetch(name)
+        data, damage = decompress(name, raw)
+    return len(raw), data, damage
 
 
 def summary(stats: Stats, elapsed: float, destination: Path, prefix: str, writer: PackedDatasetWriter) -> str:
@@ -356,10 +375,10 @@ def summary(stats: Stats, elapsed: float, destination: Path, prefix: str, writer
         lines.append(f"  {set_name:<{width}} {stats.skipped[set_name]:>12,} {'skipped':>15}")
     for reason, n in sorted(stats.malformed.items()):
         lines.append(f"  malformed rows ({reason}): {n:,}, e.g. {', '.join(stats.examples.get(reason, []))}")
-    if stats.truncated_files:
-        lines.append(f"  truncated files (complete lines kept): {', '.join(stats.truncated_files)}")
+    for name, damage in stats.damaged_files.items():
+        lines.append(f"  LOST data of {name}: {damage}")
     if stats.empty_files:
         lines.append(f"  empty files: {', '.join(stats.empty_files)}")
-    if not (stats.malformed or stats.truncated_files or stats.empty_files):
-        lines.append("  no malformed rows, truncated or empty files")
+    if not (stats.malformed or stats.damaged_files or stats.empty_files):
+        lines.append("  no malformed rows, damaged or empty files")
     return "\n".join(lines)

@@ -33,6 +33,8 @@ def natural_key(name: str) -> list:
 
 
 class LocalSource:
+    remote = False  # fetching a damaged file again gives the same bytes
+
     def __init__(self, root: str) -> None:
         self.root = Path(root)
 
@@ -57,6 +59,8 @@ class HttpSource:
     """Files under a base URL. The list of a split comes from `file_list` (a URL or local path of a text file with one
     relative name per line) when given, else from crawling the HTML directory indexes that static servers generate
     (`python -m http.server`, nginx autoindex, Apache) from `{base_url}/{split}/` down."""
+
+    remote = True  # a file that arrives damaged is downloaded once more: a transfer error looks like a bad file
 
     def __init__(self, base_url: str, file_list: Optional[str] = None, headers: Optional[dict] = None,
                  retries: int = 5, backoff: float = 1.0, timeout: float = 60.0) -> None:
@@ -172,18 +176,21 @@ def _links(page: str) -> list[str]:
     return parser.links
 
 
-def decompress(name: str, raw: bytes) -> tuple[bytes, bool]:
-    """The text bytes of a file and whether it was cut short (a truncated .zst keeps what decodes before the cut)."""
+def decompress(name: str, raw: bytes) -> tuple[bytes, Optional[str]]:
+    """The text bytes of a file, and what is wrong with it (None when it is whole). A .zst cut short keeps what
+    decodes before the cut; a corrupt frame keeps nothing from that frame on (its data is only known good once the
+    frame ends and its checksum, when it has one, matches)."""
     if not name.endswith(".zst"):
-        return raw, False
-    out, data = [], raw
-    while data:  # a file may hold several zstd frames
+        return raw, None
+    out, offset = [], 0
+    while offset < len(raw):  # a file may hold several zstd frames
         obj = zstandard.ZstdDecompressor().decompressobj()
         try:
-            out.append(obj.decompress(data))
-        except zstandard.ZstdError:
-            return b"".join(out), True
+            out.append(obj.decompress(raw[offset:]))
+        except zstandard.ZstdError as e:
+            return b"".join(out), (f"corrupt: {len(raw) - offset:,} of {len(raw):,} compressed bytes unreadable "
+                                   f"({first_line(e)})")
         if not obj.eof:
-            return b"".join(out), True
-        data = obj.unused_data
-    return b"".join(out), False
+            return b"".join(out), f"truncated: ends inside a zstd frame after {len(raw):,} bytes, the rest is missing"
+        offset = len(raw) - len(obj.unused_data)
+    return b"".join(out), None
