@@ -21,7 +21,7 @@ from lit_gpt.config import Config
 from lit_gpt.utils import first_line
 
 Log = Optional[Callable[[str], None]]
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # ---- name mapping ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from lit_gpt.checkpoint import check_output_folder, save_lit_folder
-from lit_gpt.convert import DTYPES, load_hf_folder
+from lit_gpt.convert import TORCH_DTYPES, load_hf_folder
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -23,7 +23,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("hf_dir", type=Path, help="Hugging Face folder with config.json and the weights")
     p.add_argument("out_dir", type=Path, help="lit checkpoint folder to create")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+    p.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default=None,
                    help="dtype of the saved weights (default: as stored in the Hugging Face files)")
     p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists and is not empty")
     return p.parse_args(argv)
@@ -37,7 +37,7 @@ def main(argv=None) -> None:
         config, state_dict = load_hf_folder(args.hf_dir, log=print)
         print(f"config {config.name!r}: {config.num_params():,} parameters; writing {args.out_dir}")
         save_lit_folder(state_dict, config, args.out_dir, tokenizer_dir=args.hf_dir, overwrite=args.overwrite,
-                        dtype=DTYPES[args.dtype] if args.dtype else None)
+                        dtype=TORCH_DTYPES[args.dtype] if args.dtype else None)
     except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
     print(f"done in {time.perf_counter() - t0:.1f}s: {args.out_dir}")

@@ -18,7 +18,7 @@ from lit_gpt.checkpoint import (
     check_output_folder, check_tokenizer_dir, find_config, find_tokenizer_dir, load_model_state, resolve_checkpoint,
 )
 from lit_gpt.config import Config
-from lit_gpt.convert import DTYPES, parse_size, save_hf_folder
+from lit_gpt.convert import TORCH_DTYPES, parse_size, save_hf_folder
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("checkpoint", type=Path,
                    help="lit checkpoint folder, training step folder, training out_dir (latest step) or .pth file")
     p.add_argument("out_dir", type=Path, help="Hugging Face folder to create")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the saved weights")
+    p.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default="float32", help="dtype of the saved weights")
     p.add_argument("--tokenizer_dir", type=Path, default=None,
                    help="folder with tokenizer.model and/or tokenizer.json (default: found in the checkpoint "
                         "folder, its parent or the training out_dir)")
@@ -62,7 +62,7 @@ def main(argv=None) -> None:
         print(f"reading {checkpoint} (config {config.name!r}, {config.num_params():,} parameters)")
         state_dict = load_model_state(checkpoint)
         print(f"writing {args.out_dir} ({args.dtype}, tokenizer from {tokenizer_dir or 'nowhere: none found'})")
-        save_hf_folder(state_dict, config, args.out_dir, tokenizer_dir=tokenizer_dir, dtype=DTYPES[args.dtype],
+        save_hf_folder(state_dict, config, args.out_dir, tokenizer_dir=tokenizer_dir, dtype=TORCH_DTYPES[args.dtype],
                        max_shard_size=args.max_shard_size, model_card=args.model_card, overwrite=args.overwrite,
                        source_path=checkpoint, log=print)
     except (OSError, ValueError) as e:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from lit_gpt.checkpoint import find_tokenizer_dir, load_model, resolve_checkpoint
-from lit_gpt.convert import DTYPES
+from lit_gpt.convert import TORCH_DTYPES
 from lit_gpt.generate import check_sampling_args, timed_generate
 from lit_gpt.tokenizer import Tokenizer
 
@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1234, help="random seed for sampling (default: 1234)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+    p.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default=None,
                    help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)")
     return p.parse_args(argv)
 
@@ -51,7 +51,7 @@ def main(argv=None) -> None:
                                     "or its parents")
         tokenizer = Tokenizer(tokenizer_dir)
         cuda = args.device.startswith("cuda")
-        dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if cuda else torch.float32)
+        dtype = TORCH_DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if cuda else torch.float32)
         model = load_model(checkpoint, device=args.device, dtype=dtype)
         if tokenizer.vocab_size > model.config.vocab_size:
             raise ValueError(f"{tokenizer.path}: tokenizer has {tokenizer.vocab_size} tokens, more than the model's "

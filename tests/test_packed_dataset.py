@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_gpt.packed_dataset import (
+from lit_gpt.data.packed import (
     PackedDatasetWriter,
     TokenStream,
     chunk_name,

@@ -17,8 +17,8 @@ import zstandard
 
 from lit_gpt.data.prepare import Manifest, Stats, prepare
 from lit_gpt.data.sources import DataError, HttpSource, LocalSource, decompress
-from lit_gpt import packed_dataset
-from lit_gpt.packed_dataset import read_chunk, read_header
+from lit_gpt.data import packed
+from lit_gpt.data.packed import read_chunk, read_header
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.utils import exit_with_parent
 
@@ -158,7 +158,7 @@ def test_ctrl_c_then_rerun(corpus, tmp_path, monkeypatch, where, n):
     """Ctrl-C before the 3rd chunk write (two chunks on disk, no file recorded yet) or before the 4th file is
     recorded (its chunks on disk): the rerun drops what is not recorded and redoes it."""
     root, rows = corpus
-    target = (packed_dataset, "write_chunk") if where == "chunk" else (Manifest, "save")
+    target = (packed, "write_chunk") if where == "chunk" else (Manifest, "save")
     real, calls = getattr(*target), []
 
     def interrupted(*args):

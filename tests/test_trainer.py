@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lit_gpt.layout import latest_checkpoint
-from lit_gpt.packed_dataset import PackedDatasetWriter
+from lit_gpt.data.packed import PackedDatasetWriter
 from lit_gpt.training import TrainArgs, cli
 from lit_gpt.training.args import parse_args
 from lit_gpt.training.metrics import read_metrics

@@ -32,7 +32,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from lit_gpt.data.sources import DataError, decompress
-from lit_gpt.packed_dataset import PackedDatasetWriter, chunk_name, dtype_for_vocab
+from lit_gpt.data.packed import PackedDatasetWriter, chunk_name, dtype_for_vocab
 from lit_gpt.utils import atomic_write, exit_with_parent, fsync
 
 BATCH_BYTES = 1 << 20

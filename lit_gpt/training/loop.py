@@ -95,7 +95,7 @@ class Trainer:
         return self._loader(sources, shuffle=True, infinite=True)
 
     def _loader(self, sources, shuffle: bool, infinite: bool):
-        from lit_gpt.packed_dataset import make_dataloader
+        from lit_gpt.data.packed import make_dataloader
 
         for data_dir, prefix, _ in sources:
             if not Path(data_dir).is_dir():

@@ -26,8 +26,9 @@ MAGIC = b"LITPKDS"
 VERSION = 1
 HEADER = struct.Struct("<7sQBQ")  # magic, version, dtype code, chunk_size: 24 bytes
 HEADER_SIZE = HEADER.size
-DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float32, 7: np.float64, 8: np.uint16}
-DTYPE_CODES = {np.dtype(v): k for k, v in DTYPES.items()}
+CODE_TO_DTYPE = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float32, 7: np.float64,
+                 8: np.uint16}  # the header's dtype code -> numpy dtype
+DTYPE_TO_CODE = {np.dtype(v): k for k, v in CODE_TO_DTYPE.items()}
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
@@ -41,7 +42,7 @@ def chunk_name(prefix: str, counter: int) -> str:
 def write_chunk(path: Union[str, Path], tokens: np.ndarray) -> None:
     """Writes one chunk atomically: a temp file in the same folder, fsync, then rename over `path`."""
     with atomic_write(path, "wb") as f:
-        f.write(HEADER.pack(MAGIC, VERSION, DTYPE_CODES[tokens.dtype], len(tokens)))
+        f.write(HEADER.pack(MAGIC, VERSION, DTYPE_TO_CODE[tokens.dtype], len(tokens)))
         f.write(np.ascontiguousarray(tokens).tobytes(order="C"))
 
 
@@ -54,9 +55,9 @@ def read_header(path: Union[str, Path]) -> tuple[np.dtype, int]:
     _, version, code, n_tokens = HEADER.unpack(raw)
     if version != VERSION:
         raise ValueError(f"{path}: unsupported packed chunk version {version} (expected {VERSION})")
-    if code not in DTYPES:
+    if code not in CODE_TO_DTYPE:
         raise ValueError(f"{path}: unknown dtype code {code} in header")
-    dtype = np.dtype(DTYPES[code])
+    dtype = np.dtype(CODE_TO_DTYPE[code])
     size = os.path.getsize(path)
     if size != HEADER_SIZE + n_tokens * dtype.itemsize:
         raise ValueError(f"{path}: truncated or oversized (header says {n_tokens} tokens, file holds {size} bytes)")
@@ -88,7 +89,6 @@ class PackedDatasetWriter:
         self.buffer = np.empty(chunk_size, dtype=self.dtype)
         self.n_buffered = 0
         self.counter = 0
-        self.filenames: list[str] = []
 
     def add_array(self, tokens: np.ndarray) -> None:
         tokens = np.asarray(tokens)
@@ -108,8 +108,6 @@ class PackedDatasetWriter:
     def _write(self, n_tokens: int) -> None:
         path = self.out_dir / chunk_name(self.prefix, self.counter)
         write_chunk(path, self.buffer[:n_tokens])
-        if not self.filenames or self.filenames[-1] != str(path):
-            self.filenames.append(str(path))
 
     def commit(self) -> tuple[int, int]:
         """Makes every token added so far durable; returns the position to resume from."""
