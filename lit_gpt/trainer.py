@@ -32,6 +32,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -743,7 +744,11 @@ def _read_metadata(path: Path) -> dict[str, Any]:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    """Every generator a training step may draw from (torch CPU and CUDA, numpy, python); numpy's key as a list so
+    the checkpoint loads with weights_only."""
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_state}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -752,6 +757,10 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
+    if "numpy" in state:  # absent from checkpoints of older versions
+        numpy_state = {**state["numpy"], "state": {**state["numpy"]["state"]}}
+        numpy_state["state"]["key"] = np.array(numpy_state["state"]["key"], dtype=np.uint32)
+        np.random.set_state(numpy_state)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 

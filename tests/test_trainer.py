@@ -125,6 +125,13 @@ def test_sigterm_saves_and_resume_is_exact(tiny_data, tmp_path, monkeypatch):
     assert losses(tmp_path / "a") == losses(tmp_path / "b") and len(losses(tmp_path / "a")) == 6
     wa, wb = load_model_state(tmp_path / "a"), load_model_state(tmp_path / "b")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the whole state at step 6, random generators included (nothing in this model draws, so the losses alone would
+    # not show a resumed run's generators drifting from the uninterrupted run's)
+    sa, sb = (torch.load(latest_checkpoint(tmp_path / r) / "state.pth", weights_only=True) for r in "ab")
+    (ra,), (rb,) = sa["rng"], sb["rng"]
+    assert torch.equal(ra["torch"], rb["torch"]) and ra["python"] == rb["python"] and ra["numpy"] == rb["numpy"]
+    oa, ob = (s["optimizer"]["state"] for s in (sa, sb))
+    assert oa.keys() == ob.keys() and all(torch.equal(oa[i][k], ob[i][k]) for i in oa for k in oa[i])
 
 
 def test_keep_last_k_and_unfinished_checkpoint_ignored(tiny_data, tmp_path):
