@@ -7,8 +7,9 @@ with `global_batch_size / (micro_batch_size x world_size)` accumulation steps (g
 
 Checkpoints: `out_dir/checkpoints/step-XXXXXXXX/` holding `state.pth` (one device, DDP) or `state/` (FSDP: a sharded
 torch.distributed.checkpoint folder) with the model under "model", the optimizer, step, tokens_seen, each rank's data
-loader position and RNG state; written to `step-XXXXXXXX.tmp` and renamed once complete, so a crash mid-save leaves
-the previous checkpoint intact. `--resume auto` continues from the newest complete one.
+loader position and RNG state, and checksums.json (each file's hash, verified at resume); written to
+`step-XXXXXXXX.tmp` and renamed once complete, so a crash mid-save leaves the previous checkpoint intact.
+`--resume auto` continues from the newest complete one.
 
 lm-eval during training (`--lm_eval_interval N`, a multiple of save_interval): right after the checkpoint of every
 N-th step is saved, rank 0 scores it with `lit_gpt.evaluate.evaluate_checkpoint` in a child process while the other
@@ -376,6 +377,7 @@ class Trainer:
         fabric.seed_everything(args.seed)
         resume_path = self._resume_path()
         if resume_path is not None:
+            self._verify_checkpoint(resume_path)
             self._check_resume_shape(resume_path)
 
         with fabric.init_module(empty_init=False):
@@ -621,23 +623,66 @@ class Trainer:
         return out
 
     def save_checkpoint(self) -> Path:
-        fabric = self.fabric
+        """Writes the step folder as `<name>.tmp` (with checksums.json, each rank hashing the files it wrote) and
+        renames it once complete. Too little free space, before or during the write, is one TrainError line on every
+        rank, and the partial folder is removed."""
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        from lit_gpt.checkpoint import check_free_space, hash_files, state_nbytes, write_checksums
+
+        fabric, rank = self.fabric, self.fabric.global_rank
         final = self.out_dir / CHECKPOINTS / f"{_STEP_PREFIX}{self.step:08d}"
         tmp = final.with_name(final.name + ".tmp")
-        if fabric.global_rank == 0:
+        need = state_nbytes([self.model, self.optimizer])  # a sharded save writes every rank's part, else rank 0's
+        need = sum(self._gather(need)) if self.sharded else need
+        if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        fabric.barrier()
-        state = self._state()
-        fabric.save(tmp / ("state" if self.sharded else "state.pth"), state)
-        fabric.barrier()
-        if fabric.global_rank == 0:
-            self.config.save(tmp / "model_config.json")
+        full = self._gather(check_free_space(tmp.parent, need) if rank == 0 else None)[0]
+        if full is not None:
+            self._remove_partial_save(tmp)
+            raise TrainError(f"{full} (checkpoint {final.name} not saved)")
+        error, hashes = None, {}
+        try:
+            fabric.save(tmp / ("state" if self.sharded else "state.pth"), self._state())
+        except (Exception, CheckpointException) as e:  # the latter: a sharded save's, a BaseException
+            fabric.barrier()  # the one fabric.save ends with, where ranks whose part went well wait
+            error = e
+        if error is None:
+            try:
+                if rank == 0:
+                    self.config.save(tmp / "model_config.json")
+                hashes = hash_files(tmp, rank, fabric.world_size)
+            except Exception as e:
+                error = e
+        results = self._gather((error is not None, hashes))
+        if any(failed for failed, _ in results):
+            self._raise_save_error(error, tmp, need, [r for r, (failed, _) in enumerate(results) if failed])
+        if rank == 0:
+            write_checksums(tmp, {name: entry for _, part in results for name, entry in part.items()})
             replace_folder(tmp, final)  # re-saving a step keeps a complete copy at every moment
             _prune_checkpoints(self.out_dir / CHECKPOINTS, self.args.keep_last_k)
         fabric.barrier()
         fabric.print(f"saved checkpoint {final}")
         return final
+
+    def _remove_partial_save(self, tmp: Path) -> None:
+        if self.fabric.global_rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.fabric.barrier()
+
+    def _raise_save_error(self, error: Optional[BaseException], tmp: Path, need: int, failed_ranks: list[int]) -> None:
+        """After a failed save on `failed_ranks`: remove the partial folder, then raise on every rank: one line when
+        the disk is full, else the original error where it happened and a one-liner naming that rank elsewhere."""
+        from lit_gpt.checkpoint import disk_full_message, is_disk_full
+
+        self._remove_partial_save(tmp)  # the previous checkpoints are untouched
+        full = error is not None and is_disk_full(error, tmp.parent, need)
+        if any(self._gather(full)):
+            raise TrainError(f"{disk_full_message(tmp.parent, need)} (checkpoint {tmp.stem} not saved)")
+        if error is not None:
+            raise error
+        raise TrainError(f"saving checkpoint {tmp.stem} failed on rank {failed_ranks[0]} (its error is above)")
 
     def _resume_path(self) -> Optional[Path]:
         resume = self.args.resume
@@ -657,6 +702,19 @@ class Trainer:
         if not path.is_dir() or not ((path / "state.pth").is_file() or (path / "state").is_dir()):
             raise TrainError(f"{resume}: resume checkpoint not found (expected a step folder with state.pth or state/)")
         return path
+
+    def _verify_checkpoint(self, path: Path) -> None:
+        """Checks the files against the checksums saved with them, each rank the files it wrote."""
+        from lit_gpt.checkpoint import verify_checksums
+
+        try:
+            verify_checksums(path, self.fabric.global_rank, self.fabric.world_size, warn=self.fabric.print)
+            error = None
+        except ValueError as e:
+            error = str(e)
+        errors = [e for e in self._gather(error) if e is not None]
+        if errors:
+            raise TrainError(errors[0])
 
     def _check_resume_shape(self, path: Path) -> None:
         """Refuses a checkpoint written for another model shape or strategy before any loading starts."""
