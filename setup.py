@@ -20,6 +20,7 @@ setup(
         "safetensors",
         "numpy",
         "zstandard",
+        "xxhash",  # checkpoint checksums (lit_gpt/checkpoint.py)
         "huggingface_hub>=0.23",
         "tensorboard",
     ],

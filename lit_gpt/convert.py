@@ -15,7 +15,7 @@ from typing import Callable, Optional, Union
 import torch
 
 from lit_gpt.checkpoint import (
-    PathLike, atomic_folder, check_shapes, check_state_dict, copy_tokenizer_files, lit_shapes,
+    PathLike, atomic_folder, check_shapes, check_state_dict, copy_tokenizer_files, lit_shapes, state_nbytes,
 )
 from lit_gpt.config import Config
 from lit_gpt.utils import first_line
@@ -185,7 +185,7 @@ def save_hf_folder(state_dict: dict[str, torch.Tensor], config: Config, out_dir:
           for k, v in lit_to_hf(state_dict, config, source_path or "state dict").items()}
     shards = _shards(hf, parse_size(max_shard_size))
     dtype_name = str(dtype).removeprefix("torch.")
-    with atomic_folder(out_dir, overwrite) as tmp:
+    with atomic_folder(out_dir, overwrite, need=state_nbytes([hf])) as tmp:
         names = (["model.safetensors"] if len(shards) == 1 else
                  [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
         for name, shard in zip(names, shards):

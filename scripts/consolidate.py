@@ -3,9 +3,11 @@
     python scripts/consolidate.py out/microllama                          # newest step -> out/microllama/consolidated
     python scripts/consolidate.py out/microllama/checkpoints/step-00010000 out/microllama-10k --overwrite
 
-The output folder holds lit_model.pth (the model weights only, one file), model_config.json, the tokenizer files and
-train_metadata.json (step, tokens seen); every lit_gpt tool (generate, eval, convert_lit_to_hf) reads it. It is
-written to a temporary sibling folder and renamed at the end, so an interrupted run leaves nothing half-written.
+The output folder holds lit_model.pth (the model weights only, one file), model_config.json, the tokenizer files,
+train_metadata.json (step, tokens seen) and checksums.json (verified by every reader); every lit_gpt tool (generate,
+eval, convert_lit_to_hf) reads it. It is written to a temporary sibling folder and renamed at the end, so an
+interrupted run leaves nothing half-written. Damaged input (a file whose checksum differs) or a full disk ends in one
+line.
 """
 
 from __future__ import annotations

@@ -106,7 +106,8 @@ def test_hf_to_lit_to_hf_round_trip_is_bit_exact(tmp_path, spm_dir, capsys):
     expected = load_file(str(tmp_path / "orig" / "model.safetensors"))
 
     run_main("convert_hf_to_lit.py", tmp_path / "orig", tmp_path / "lit")
-    assert sorted(p.name for p in (tmp_path / "lit").iterdir()) == ["lit_model.pth", "model_config.json"]
+    assert sorted(p.name for p in (tmp_path / "lit").iterdir()) == ["checksums.json", "lit_model.pth",
+                                                                   "model_config.json"]
     run_main("convert_lit_to_hf.py", tmp_path / "lit", tmp_path / "back", "--tokenizer_dir", spm_dir)
     stdout = capsys.readouterr().out
     assert "reading" in stdout and "wrote" in stdout and "done in" in stdout
@@ -310,7 +311,7 @@ def test_load_model_state_every_layout(tmp_path, spm_dir):
     # consolidate a step into a lit folder, then load it as a model
     consolidate(out, tmp_path / "consolidated")
     assert sorted(p.name for p in (tmp_path / "consolidated").iterdir()) == [
-        "lit_model.pth", "model_config.json", "tokenizer.model", "train_metadata.json"]
+        "checksums.json", "lit_model.pth", "model_config.json", "tokenizer.model", "train_metadata.json"]
     # the training progress travels with it, for the model card
     assert json.loads((tmp_path / "consolidated" / "train_metadata.json").read_text()) == {
         "step": 1000, "tokens_seen": 64000}
@@ -325,6 +326,7 @@ def test_load_model_names_the_mismatch(tmp_path):
     model = random_gpt()
     save_lit_folder(model.state_dict(), model.config, tmp_path / "ckpt")
     Config.from_name("tiny", vocab_size=VOCAB, n_query_groups=4).save(tmp_path / "ckpt" / "model_config.json")
+    (tmp_path / "ckpt" / "checksums.json").unlink()  # a hand-assembled folder: its checksums would flag the config
     with pytest.raises(ValueError) as e:
         load_model(tmp_path / "ckpt")
     assert str(e.value) == (f"{tmp_path / 'ckpt'}: weights do not match config 'tiny': blocks.0.attn.qkv.weight "
@@ -484,9 +486,9 @@ def test_consolidate_script(tmp_path, spm_dir):
     assert proc.returncode == 0, proc.stderr
     out = run / "consolidated"
     assert f"reading {run / 'checkpoints' / 'step-00000004'} (step 4, 2,048 tokens seen): single-file" in proc.stdout
-    assert f"wrote {out}: lit_model.pth (" in proc.stdout and "tokenizer.model" in proc.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["lit_model.pth", "model_config.json", "tokenizer.model",
-                                                     "train_metadata.json"]
+    assert f"wrote {out}: checksums.json, lit_model.pth (" in proc.stdout and "tokenizer.model" in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["checksums.json", "lit_model.pth", "model_config.json",
+                                                     "tokenizer.model", "train_metadata.json"]
     loaded = load_model(out)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
     assert json.loads((out / "train_metadata.json").read_text()) == {"step": 4, "tokens_seen": 2048}
@@ -507,3 +509,32 @@ def test_consolidate_script(tmp_path, spm_dir):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match=f"^error: {tmp_path / 'empty'}: no checkpoint in this folder"):
         run_main("consolidate.py", tmp_path / "empty")
+
+
+def test_lit_folder_disk_full_is_one_line(tmp_path, monkeypatch):
+    """The disk fills up while lit_model.pth is written, and torch's zip writer loses the errno on the way ('unexpected
+    pos'): one OSError line saying the disk is full and how much the folder needs, nothing left behind. A disk already
+    too full is refused before writing."""
+    import itertools
+    import shutil
+
+    from lit_gpt.checkpoint import DiskFullError
+
+    model = random_gpt()
+    usage = shutil.disk_usage(tmp_path)
+    frees = itertools.chain([usage.free], itertools.repeat(1000))  # enough before the write, 1000 bytes after it
+
+    def fill_disk(obj, f):
+        Path(f).write_bytes(b"PK\x03\x04")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", fill_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=next(frees)))
+    with pytest.raises(DiskFullError) as e:
+        save_lit_folder(model.state_dict(), model.config, tmp_path / "lit")
+    assert str(e.value) == f"{tmp_path}: disk full: lit needs about 0.12 MB, 0.00 MB free there"
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    with pytest.raises(DiskFullError, match="disk full: hf needs about"):
+        save_hf_folder(model.state_dict(), model.config, tmp_path / "hf")
+    assert list(tmp_path.iterdir()) == []

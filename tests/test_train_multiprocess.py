@@ -13,17 +13,19 @@ import pytest
 import torch
 
 from lit_gpt.layout import latest_checkpoint
-from test_trainer import losses, write_random_chunks
+from test_trainer import flip_byte, losses, write_random_chunks
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 FABRIC = str(Path(sys.executable).parent / "fabric")  # the `fabric` CLI installed with lightning
 
 
-def launch(argv: list[str], env_extra: dict[str, str] = {}, fabric_run: list[str] = (), timeout: int = 240):
-    """Runs pretrain/debug.py with plain python (Fabric starts the processes) or under `fabric run <flags>`."""
+def launch(argv: list[str], env_extra: dict[str, str] = {}, fabric_run: list[str] = (), timeout: int = 240,
+           script: Path = ROOT / "pretrain" / "debug.py"):
+    """Runs pretrain/debug.py (or `script`) with plain python (Fabric starts the processes) or under `fabric run
+    <flags>`."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
-    script = str(ROOT / "pretrain" / "debug.py")
+    script = str(script)
     cmd = [FABRIC, "run", *fabric_run, script] if fabric_run else \
         [sys.executable, script]
     return subprocess.run([*cmd, *argv], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
@@ -143,3 +145,77 @@ def test_one_process_bf16_with_kernels_and_compile_matches_plain(data, tmp_path)
     fused, _ = run_plain_and_fused_bf16(data, tmp_path, ["--accelerator", "cpu", "--devices", "1",
                                                         "--global_batch_size", "2"])
     assert "strategy single" in fused.stdout and "Recompiling" not in fused.stderr, fused.stderr[-3000:]
+
+
+FULL_DISK = """# pretrain/debug.py (every rank: Fabric starts rank 1 with this same file) with a disk that fills up while
+# rank 1 writes its shard of the step-2 checkpoint: its writes fail with ENOSPC after 100 bytes.
+import errno, io, sys
+from contextlib import contextmanager
+
+import torch.distributed.checkpoint.filesystem as dcp_fs
+
+real_create_stream = dcp_fs.FileSystem.create_stream
+
+
+class FullDisk(io.FileIO):
+    def write(self, data):
+        data = memoryview(data).cast("B")
+        room = max(0, 100 - self.tell())
+        if len(data) > room:
+            super().write(data[:room])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(data)
+
+
+@contextmanager
+def create_stream(self, path, mode):
+    if "step-00000002.tmp/state/__1_" not in str(path):
+        with real_create_stream(self, path, mode) as stream:
+            yield stream
+        return
+    with FullDisk(path, "wb") as stream:
+        yield stream
+
+
+dcp_fs.FileSystem.create_stream = create_stream
+sys.path.insert(0, ROOT + "/pretrain")
+from debug import DEFAULTS
+from lit_gpt.training import cli
+
+cli(DEFAULTS)
+"""
+
+
+def test_fsdp_disk_full_and_flipped_shard_byte(data, tmp_path):
+    """FSDP2, 2 processes. The disk fills up while rank 1 writes its shard of the step-2 checkpoint (inside
+    torch.distributed.checkpoint's writer): one line per rank saying so, no partial folder, step 1 intact. Then a
+    flipped bit in rank 1's shard of step 1: resume, consolidate and load each stop with one line naming that file."""
+    from lit_gpt.checkpoint import load_model_state
+
+    common = ["--accelerator", "cpu", "--devices", "2", "--strategy", "fsdp", "--max_steps", "2",
+              "--save_interval", "1"]
+    out = tmp_path / "out"
+    wrapper = tmp_path / "full_disk.py"
+    wrapper.write_text(FULL_DISK.replace("ROOT +", repr(str(ROOT)) + " +"))
+    full = launch(args(data, out, *common), script=wrapper)
+    assert full.returncode == 1, full.stderr[-3000:]
+    errors = [line for line in full.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and "Traceback" not in full.stderr, full.stderr[-3000:]
+    assert all(e.startswith(f"error: {out / 'checkpoints'}: disk full: a checkpoint needs about ") and
+               e.endswith("(checkpoint step-00000002 not saved)") for e in errors), errors
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000001"]
+    step = out / "checkpoints" / "step-00000001"
+    load_model_state(step)  # intact, checksums verified
+
+    shard = step / "state" / "__1_0.distcp"
+    flip_byte(shard, shard.stat().st_size // 2)
+    damaged = f"{shard}: damaged checkpoint file"
+    resumed = launch(args(data, out, *common, "--resume", "auto"))
+    assert resumed.returncode == 1 and "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
+    assert damaged in resumed.stderr.strip().splitlines()[-1], resumed.stderr[-3000:]
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "consolidate.py"), str(step), str(tmp_path / "c")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.startswith(f"error: {damaged}") and proc.stderr.count("\n") == 1, \
+        proc.stderr
+    with pytest.raises(ValueError, match=damaged):
+        load_model_state(step / "state")

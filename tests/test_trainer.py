@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from lit_gpt.layout import latest_checkpoint
 from lit_gpt.data.packed import PackedDatasetWriter
+from lit_gpt.layout import latest_checkpoint
 from lit_gpt.training import TrainArgs, cli
 from lit_gpt.training.args import parse_args
 from lit_gpt.training.metrics import read_metrics
@@ -128,6 +128,13 @@ def test_sigterm_saves_and_resume_is_exact(tiny_data, tmp_path, monkeypatch):
     assert losses(tmp_path / "a") == losses(tmp_path / "b") and len(losses(tmp_path / "a")) == 6
     wa, wb = load_model_state(tmp_path / "a"), load_model_state(tmp_path / "b")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the whole state at step 6, random generators included (nothing in this model draws, so the losses alone would
+    # not show a resumed run's generators drifting from the uninterrupted run's)
+    sa, sb = (torch.load(latest_checkpoint(tmp_path / r) / "state.pth", weights_only=True) for r in "ab")
+    (ra,), (rb,) = sa["rng"], sb["rng"]
+    assert torch.equal(ra["torch"], rb["torch"]) and ra["python"] == rb["python"] and ra["numpy"] == rb["numpy"]
+    oa, ob = (s["optimizer"]["state"] for s in (sa, sb))
+    assert oa.keys() == ob.keys() and all(torch.equal(oa[i][k], ob[i][k]) for i in oa for k in oa[i])
 
 
 def test_keep_last_k_and_unfinished_checkpoint_ignored(tiny_data, tmp_path):
@@ -331,3 +338,86 @@ def test_compile_same_loss_and_compiles_once(tiny_data, tmp_path):
         eager, compiled = losses(tmp_path / "eager"), losses(tmp_path / name)
         assert [s for s, _ in compiled] == [1, 2, 3]
         assert all(math.isclose(x, y, rel_tol=1e-4) for (_, x), (_, y) in zip(eager, compiled)), (eager, compiled)
+
+
+# ---- a full disk, damaged checkpoints -------------------------------------------------------------
+def test_disk_full_during_save_is_one_line_and_keeps_the_previous_checkpoint(tiny_data, tmp_path, monkeypatch):
+    """The disk fills up while the step-2 checkpoint is written (the file write fails with ENOSPC, as Fabric's
+    writer does on a full disk): one line saying so, where, and how much a checkpoint needs; no partial folder; the
+    step-1 checkpoint intact. Too little free space before a save fails the same way, before writing anything."""
+    import errno
+
+    import lightning.fabric.plugins.io.torch_io as torch_io
+
+    real_save = torch_io._atomic_save
+
+    def save_on_full_disk(checkpoint, path):
+        if "step-00000002" not in str(path):
+            return real_save(checkpoint, path)
+        Path(path).write_bytes(b"PK\x03\x04" + bytes(1000))  # part of the file reached the disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch_io, "_atomic_save", save_on_full_disk)
+    out = tmp_path / "out"
+    msg = expect_error(tiny_args(tiny_data, out, "--max_steps", "2", "--save_interval", "1"),
+                       f"{out / 'checkpoints'}: disk full: a checkpoint needs about",
+                       "free there (checkpoint step-00000002 not saved)")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000001"], msg
+    from lit_gpt.checkpoint import load_model_state
+
+    assert load_model_state(out / "checkpoints" / "step-00000001")  # checksums verified: intact
+
+    monkeypatch.setattr(torch_io, "_atomic_save", real_save)
+    import shutil
+    from collections import namedtuple
+
+    free = namedtuple("usage", "total used free")(10**9, 10**9 - 1000, 1000)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: free)
+    expect_error(tiny_args(tiny_data, tmp_path / "early", "--save_interval", "1"),
+                 "disk full: a checkpoint needs about", "0.00 MB free there (checkpoint step-00000001 not saved)")
+    assert list((tmp_path / "early" / "checkpoints").iterdir()) == []
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_byte_is_caught_at_resume_consolidate_and_convert(tiny_data, tmp_path, capsys):
+    """One flipped bit in the middle of a saved state.pth (inside a weight): resuming, consolidating and exporting
+    each stop with one line naming the damaged file (torch.load alone reads the garbage). A consolidated folder
+    carries checksums too. A checkpoint without checksums.json (an older version's) loads with one warning."""
+    from lit_gpt.checkpoint import CHECKSUMS, consolidate, load_model_state
+
+    out = tmp_path / "out"
+    run(tiny_args(tiny_data, out, "--max_steps", "3"))
+    step = latest_checkpoint(out)
+    files = json.loads((step / CHECKSUMS).read_text())["files"]
+    assert set(files) == {"state.pth", "model_config.json"}
+    lit = consolidate(step, tmp_path / "lit")
+    assert set(json.loads((lit / CHECKSUMS).read_text())["files"]) == {"lit_model.pth", "model_config.json",
+                                                                        "train_metadata.json"}
+
+    state = step / "state.pth"
+    flip_byte(state, state.stat().st_size // 2)
+    torch.load(state, weights_only=True)  # still loads: only the checksum tells
+    damaged = f"{state}: damaged checkpoint file"
+    expect_error(tiny_args(tiny_data, out, "--resume", "auto", "--max_steps", "4"), damaged)
+    for script, argv in (("consolidate.py", [str(step), str(tmp_path / "c")]),
+                         ("convert_lit_to_hf.py", [str(out), str(tmp_path / "hf")])):
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *argv], capture_output=True, text=True)
+        assert proc.returncode == 1 and proc.stderr.strip() == f"error: {damaged}: its checksum differs from the " \
+               f"one saved in {CHECKSUMS}", proc.stderr
+        assert not (tmp_path / ("c" if script == "consolidate.py" else "hf")).exists()
+    weights = lit / "lit_model.pth"
+    flip_byte(weights, weights.stat().st_size // 2)
+    with pytest.raises(ValueError, match=f"{weights}: damaged checkpoint file"):
+        load_model_state(lit)
+
+    (lit / CHECKSUMS).unlink()  # as an older version wrote it
+    capsys.readouterr()
+    load_model_state(lit)
+    err = capsys.readouterr().err
+    assert err == f"warning: {lit}: no {CHECKSUMS} (written before checkpoints carried checksums): its bytes are " \
+                  f"not verified\n"

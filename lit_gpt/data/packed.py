@@ -346,6 +346,9 @@ class PackedDataLoader:
             batch_sampler=_BatchPlans(self.plan, self.samples_seen, self.batch_size),
             num_workers=self.num_workers,
             collate_fn=torch.stack,
+            # its own generator: starting an iterator draws a seed from it, and a draw from the global one would put
+            # a resumed run's RNG one draw ahead of the uninterrupted run's
+            generator=torch.Generator().manual_seed(self.seed),
         )
         for batch in loader:
             self.samples_seen += len(batch)

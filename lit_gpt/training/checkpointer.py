@@ -1,8 +1,9 @@
 """Saving and restoring the full state of a training run (lit_gpt.layout says where it goes).
 
 A step folder holds the model under "model", the optimizer, step, tokens_seen, each rank's data loader position and
-RNG state: `state.pth` (one device, DDP) or `state/` (FSDP: a sharded torch.distributed.checkpoint folder). It is
-written to `step-XXXXXXXX.tmp` and renamed once complete, so a crash mid-save leaves the previous checkpoint intact.
+RNG state: `state.pth` (one device, DDP) or `state/` (FSDP: a sharded torch.distributed.checkpoint folder), and
+checksums.json (each file's hash, verified at resume). It is written to `step-XXXXXXXX.tmp` and renamed once
+complete, so a crash mid-save leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from lit_gpt import layout
@@ -23,7 +25,8 @@ class Checkpointer:
     """One run's checkpoints: where to resume from, whether a checkpoint fits this run, save and load."""
 
     def __init__(self, fabric, out_dir: Path, strategy_name: str, keep_last_k: Optional[int]) -> None:
-        self.fabric, self.out_dir, self.strategy_name, self.keep_last_k = fabric, Path(out_dir), strategy_name, keep_last_k
+        self.fabric, self.out_dir, self.strategy_name = fabric, Path(out_dir), strategy_name
+        self.keep_last_k = keep_last_k
 
     @property
     def sharded(self) -> bool:
@@ -68,23 +71,80 @@ class Checkpointer:
                              f"{self.fabric.world_size}; resume with the same number of devices x nodes")
 
     def save(self, step: int, state: dict[str, Any], config: Config) -> Path:
-        """Writes `state` (modules and optimizers are saved through Fabric) as the step folder of `step`."""
-        fabric = self.fabric
+        """Writes `state` (modules and optimizers are saved through Fabric) as the step folder of `step`: first as
+        `<name>.tmp` with checksums.json (each rank hashing the files it wrote), renamed once complete. Too little
+        free space, before or during the write, is one TrainError line on every rank, and the partial folder is
+        removed."""
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        from lit_gpt.checkpoint import check_free_space, hash_files, state_nbytes, write_checksums
+
+        fabric, rank = self.fabric, self.fabric.global_rank
         final = layout.step_dir(self.out_dir, step)
         tmp = final.with_name(final.name + ".tmp")
-        if fabric.global_rank == 0:
+        need = state_nbytes([state["model"], state["optimizer"]])  # a sharded save writes every rank's part
+        need = sum(self.gather(need)) if self.sharded else need
+        if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        fabric.barrier()
-        fabric.save(layout.state_path(tmp, self.sharded), state)
-        fabric.barrier()
-        if fabric.global_rank == 0:
-            config.save(tmp / layout.MODEL_CONFIG)
+        full = self.gather(check_free_space(tmp.parent, need) if rank == 0 else None)[0]
+        if full is not None:
+            self._remove_partial_save(tmp)
+            raise TrainError(f"{full} (checkpoint {final.name} not saved)")
+        error, hashes = None, {}
+        try:
+            fabric.save(layout.state_path(tmp, self.sharded), state)
+        except (Exception, CheckpointException) as e:  # the latter: a sharded save's, a BaseException
+            fabric.barrier()  # the one fabric.save ends with, where ranks whose part went well wait
+            error = e
+        if error is None:
+            try:
+                if rank == 0:
+                    config.save(tmp / layout.MODEL_CONFIG)
+                hashes = hash_files(tmp, rank, fabric.world_size)
+            except Exception as e:
+                error = e
+        results = self.gather((error is not None, hashes))
+        if any(failed for failed, _ in results):
+            self._raise_save_error(error, tmp, need, [r for r, (failed, _) in enumerate(results) if failed])
+        if rank == 0:
+            write_checksums(tmp, {name: entry for _, part in results for name, entry in part.items()})
             replace_folder(tmp, final)  # re-saving a step keeps a complete copy at every moment
             layout.prune_checkpoints(self.out_dir, self.keep_last_k)
         fabric.barrier()
         fabric.print(f"saved checkpoint {final}")
         return final
+
+    def _remove_partial_save(self, tmp: Path) -> None:
+        if self.fabric.global_rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.fabric.barrier()
+
+    def _raise_save_error(self, error: Optional[BaseException], tmp: Path, need: int, failed_ranks: list[int]) -> None:
+        """After a failed save on `failed_ranks`: remove the partial folder, then raise on every rank: one line when
+        the disk is full, else the original error where it happened and a one-liner naming that rank elsewhere."""
+        from lit_gpt.checkpoint import disk_full_message, is_disk_full
+
+        self._remove_partial_save(tmp)  # the previous checkpoints are untouched
+        full = error is not None and is_disk_full(error, tmp.parent, need)
+        if any(self.gather(full)):
+            raise TrainError(f"{disk_full_message(tmp.parent, need)} (checkpoint {tmp.stem} not saved)")
+        if error is not None:
+            raise error
+        raise TrainError(f"saving checkpoint {tmp.stem} failed on rank {failed_ranks[0]} (its error is above)")
+
+    def verify(self, path: Path) -> None:
+        """Checks the files against the checksums saved with them, each rank the files it wrote."""
+        from lit_gpt.checkpoint import verify_checksums
+
+        try:
+            verify_checksums(path, self.fabric.global_rank, self.fabric.world_size, warn=self.fabric.print)
+            error = None
+        except ValueError as e:
+            error = str(e)
+        errors = [e for e in self.gather(error) if e is not None]
+        if errors:
+            raise TrainError(errors[0])
 
     def load(self, path: Path, state: dict[str, Any]) -> dict[str, Any]:
         """Loads the step folder `path` into `state` (modules and optimizers in place, other entries replaced)."""
@@ -101,7 +161,11 @@ class Checkpointer:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    """Every generator a training step may draw from (torch CPU and CUDA, numpy, python); numpy's key as a list so
+    the checkpoint loads with weights_only."""
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_state}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -110,5 +174,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
+    if "numpy" in state:  # absent from checkpoints of older versions
+        numpy_state = {**state["numpy"], "state": {**state["numpy"]["state"]}}
+        numpy_state["state"]["key"] = np.array(numpy_state["state"]["key"], dtype=np.uint32)
+        np.random.set_state(numpy_state)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])

@@ -50,6 +50,7 @@ class Trainer:
         fabric.seed_everything(args.seed)
         resume_path = self.checkpointer.resume_path(args.resume)
         if resume_path is not None:
+            self.checkpointer.verify(resume_path)
             self.checkpointer.check_compatible(resume_path, self.config)
 
         with fabric.init_module(empty_init=False):
