@@ -17,6 +17,8 @@ ranks wait at a barrier; the results go to the metrics (`lm_eval/<task>`) and `e
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import math
 import os
@@ -37,6 +39,7 @@ import torch.nn as nn
 
 from lit_gpt.config import Config
 from lit_gpt.evaluate import DEFAULT_TASKS
+from lit_gpt.launch import die_with_parent, first_to_report, lock_folder, started_by_launcher
 from lit_gpt.model import GPT
 from lit_gpt.speed_monitor import ThroughputMonitor, peak_flops
 from lit_gpt.utils import MetricsLogger, TrainError, check_loggers, first_line, format_duration, replace_folder
@@ -167,12 +170,15 @@ class TrainArgs:
 
 # ==== command line ===================================================================================================
 def cli(defaults: TrainArgs, argv: Optional[list[str]] = None, description: Optional[str] = None) -> None:
-    """Parses the command line over `defaults` (a recipe) and trains. Expected problems exit with one line."""
-    args = parse_args(defaults, argv, description)
+    """Parses the command line over `defaults` (a recipe) and trains. Expected problems exit with one line, printed
+    once per run (not once per rank)."""
+    if started_by_launcher():
+        die_with_parent()  # a killed launcher must not leave its ranks training on, orphaned
     try:
-        train(args)
+        train(parse_args(defaults, argv, description))
     except TrainError as e:
-        sys.exit(f"error: {e}")
+        message = f"error: {e}"
+        sys.exit(message if first_to_report(message) else 1)
 
 
 def parse_args(defaults: TrainArgs, argv: Optional[list[str]] = None, description: Optional[str] = None) -> TrainArgs:
@@ -186,10 +192,19 @@ def parse_args(defaults: TrainArgs, argv: Optional[list[str]] = None, descriptio
         from jsonargparse import set_docstring_parse_options
 
         set_docstring_parse_options(attribute_docstrings=True)
-    parser = ArgumentParser(description=description or __doc__.splitlines()[0])
+    # exact option names only (--learning_rat must not set learning_rate); errors raised, to be printed as one line
+    parser = ArgumentParser(description=description or __doc__.splitlines()[0], allow_abbrev=False,
+                            exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file of options (e.g. configs/microllama.yaml)")
     parser.add_class_arguments(TrainArgs, None, default=defaults)
-    ns = parser.parse_args(argv)
+    try:
+        ns = parser.parse_args(argv)
+    except argparse.ArgumentError as e:
+        message = " ".join(line.strip() for line in str(e).splitlines())
+        configs = [v for flag, v in zip(argv or sys.argv[1:], (argv or sys.argv[1:])[1:]) if flag == "--config"]
+        if configs and "Option '" in message:  # an unknown key: name the YAML file(s) it may come from
+            message = f"{', '.join(configs)}: {message}"
+        raise TrainError(f"{message} (see --help)") from None
     return TrainArgs(**{f.name: getattr(ns, f.name) for f in fields(TrainArgs)})
 
 
@@ -368,9 +383,33 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.stop_signal: Optional[str] = None
+        self._stop_group = self._stop_work = self._stop_flag = None  # see _stop_requested
 
     # ---- setup ----
     def fit(self) -> None:
+        with self._holding_out_dir():
+            self._fit()
+
+    @contextlib.contextmanager
+    def _holding_out_dir(self):
+        """Rank 0 locks out_dir for the whole run, so a second run cannot write there meanwhile; every rank learns
+        whether that failed, and all stop with the same line."""
+        lock, error = None, None
+        if self.fabric.global_rank == 0:
+            try:
+                lock = lock_folder(self.out_dir)
+            except TrainError as e:
+                error = str(e)
+        error = self.fabric.broadcast(error, src=0)
+        if error is not None:
+            raise TrainError(error)
+        try:
+            yield
+        finally:
+            if lock is not None:
+                lock.close()
+
+    def _fit(self) -> None:
         fabric, args = self.fabric, self.args
         fabric.seed_everything(args.seed)
         resume_path = self._resume_path()
@@ -480,10 +519,11 @@ class Trainer:
             if self.step % args.log_interval == 0 or self.step in (1, self.max_steps):
                 self._log(loss_sum / self.accum, lr, grad_norm)
             paused = time.perf_counter()  # validation and checkpoints don't count against training throughput
-            if args.val_data_dir is not None and (self.step % args.eval_interval == 0 or self.step == self.max_steps):
-                self._validate()
             _fault_injection(self.step, fabric.global_rank)
             stop = self._stop_requested()
+            validate = self.step % args.eval_interval == 0 or self.step == self.max_steps
+            if args.val_data_dir is not None and validate and not stop:  # stopping: the grace period is short
+                self._validate()
             if self.step % args.save_interval == 0 or self.step == self.max_steps or stop:
                 step_dir = self.save_checkpoint()
                 last_saved = self.step
@@ -494,6 +534,8 @@ class Trainer:
                 fabric.print(f"stopped by {self.stop_signal or 'a signal on another rank'} at step {self.step}; "
                              f"continue with --resume auto --out_dir {self.out_dir}")
                 break
+        if self._stop_work is not None:  # the last flag exchange, issued by every rank, completes before teardown
+            self._stop_work.wait()
         if last_saved != self.step:
             self.save_checkpoint()
         if self.logger is not None:
@@ -590,15 +632,24 @@ class Trainer:
         return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _stop_requested(self) -> bool:
-        """True on every rank when any rank got SIGTERM/SIGINT. Ranks agree through a tiny all-reduce, done only on
-        log steps (which sync the GPU for the loss anyway), so preemption is noticed within log_interval steps
-        without a CPU-GPU sync on every step."""
-        if self.fabric.world_size == 1:  # no device tensor and .item(): that would sync the GPU every step
+        """True on every rank, after the same step, when any rank got SIGTERM/SIGINT: at most one step after the
+        signal's own step, whatever log_interval is, so the checkpoint is written inside a launcher's grace period.
+        Each step's flag is all-reduced on a CPU (gloo) group without waiting; the next step waits for it, long done
+        by then: no device tensor, no GPU sync, no stall on the other ranks."""
+        import torch.distributed as dist
+
+        if self.fabric.world_size == 1:
             return self.stop_signal is not None
-        if self.step % self.args.log_interval and self.step != self.max_steps:
-            return False
-        flag = torch.tensor(float(self.stop_signal is not None), device=self.fabric.device)
-        return bool(self.fabric.all_reduce(flag, reduce_op="max").item() > 0)
+        if self._stop_group is None:
+            self._stop_group = dist.new_group(backend="gloo")
+        stop = False
+        if self._stop_work is not None:
+            self._stop_work.wait()
+            stop = bool(self._stop_flag.item() > 0)
+        self._stop_flag = torch.tensor([float(self.stop_signal is not None)])
+        self._stop_work = dist.all_reduce(self._stop_flag, op=dist.ReduceOp.MAX, group=self._stop_group,
+                                          async_op=True)
+        return stop
 
     # ---- checkpoints ----
     @property
