@@ -17,7 +17,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="MicroLlama-300M", help="lit_gpt config name for the shapes")
     p.add_argument("--micro-batch", type=int, default=16, help="sequences per step")
     p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence")

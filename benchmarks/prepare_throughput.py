@@ -49,7 +49,8 @@ def sample_tree(sample: Path, repeat: int, out: Path) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sample", type=Path, default=ROOT / "data" / "sample_slimpajama", help="SlimPajama-layout tree")
     parser.add_argument("--tokenizer_dir", type=Path, default=ROOT / "data" / "tokenizer", help="tokenizer folder")
     parser.add_argument("--repeat", type=int, default=4, help="copies of the sample's train split to process")

@@ -42,7 +42,8 @@ RESULT_TAG = "RESULT "
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="MicroLlama-300M", help="lit_gpt config name (default MicroLlama-300M)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the config's block size)")
     p.add_argument("--micro-batches", type=int, nargs="+", default=[8, 16, 32], help="micro batch sizes to run")

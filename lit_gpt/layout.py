@@ -1,6 +1,7 @@
 """The on-disk layout of a training run: the only module that spells its folder and file names.
 
     out_dir/
+      .lock              held by the run writing here (a second run is refused)
       model_config.json  tokenizer files  metrics.csv  tensorboard/
       checkpoints/
         step-00001000/          one per save; written as step-00001000.tmp/ and renamed once complete
@@ -36,6 +37,7 @@ TRAIN_METADATA = "train_metadata.json"
 EVAL_RESULTS = "eval_results.json"
 LM_EVAL_LOG = "lm_eval.log"  # the output of lm-eval run during training, beside its eval_results.json
 METRICS_CSV = "metrics.csv"
+LOCK_FILE = ".lock"  # held (flock) by the run writing to out_dir
 _STEP_DIR = re.compile(r"step-(\d+)$")
 
 

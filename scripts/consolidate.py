@@ -24,7 +24,8 @@ from lit_gpt.model_card import read_training_metadata
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])  # the help texts state the defaults
+    # the help texts state the defaults; exact option names only
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("checkpoint", type=Path,
                    help="training out_dir (its newest step), a step folder, its state/ folder or a state.pth file")
     p.add_argument("out_dir", type=Path, nargs="?", default=None,

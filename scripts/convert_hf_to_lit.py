@@ -19,7 +19,7 @@ from lit_gpt.convert import TORCH_DTYPES, load_hf_folder
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("hf_dir", type=Path, help="Hugging Face folder with config.json and the weights")
     p.add_argument("out_dir", type=Path, help="lit checkpoint folder to create")

@@ -22,7 +22,7 @@ from lit_gpt.convert import TORCH_DTYPES, parse_size, save_hf_folder
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", type=Path,
                    help="lit checkpoint folder, training step folder, training out_dir (latest step) or .pth file")

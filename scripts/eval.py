@@ -31,7 +31,7 @@ def batch_size(text: str):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", type=Path, required=True,
                    help="lit checkpoint folder, training step folder or out_dir (converted to a temporary Hugging "
                         "Face folder), or a Hugging Face Llama folder (evaluated as is)")

@@ -19,7 +19,7 @@ from lit_gpt.tokenizer import Tokenizer
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", type=Path, required=True,
                    help="lit checkpoint folder (lit_model.pth + model_config.json + tokenizer), a training step "
                         "folder, a training out_dir (its latest step) or a Hugging Face Llama folder")

@@ -162,7 +162,8 @@ def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("data"), help="writes <out>/sample_slimpajama and <out>/tokenizer")
     parser.add_argument("--vocab_size", type=int, default=4096, help="tokenizer vocabulary (4096 matches Config 'debug')")
     args = parser.parse_args()

@@ -50,7 +50,7 @@ def plot(runs: list[Path], out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="training out_dir(s) or metrics.csv file(s)")
     parser.add_argument("--out", type=Path, default=None,
                         help="PNG to write (default: metrics.png next to the first metrics.csv)")

@@ -26,7 +26,8 @@ from lit_gpt.data.sources import DataError, HttpSource, HuggingFaceSource, Local
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source_path", type=Path, help="root of a local SlimPajama tree (holding train/, validation/, test/)")
     p.add_argument("--stream", action="store_true", help="download while tokenizing instead of reading --source_path")
     p.add_argument("--hf_repo", default="cerebras/SlimPajama-627B", help="with --stream: Hugging Face dataset repo")

@@ -4,9 +4,11 @@ uninterrupted run vs one SIGKILLed after step 5 (last checkpoint at step 4) and 
 
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,15 +22,19 @@ pytestmark = pytest.mark.slow
 FABRIC = str(Path(sys.executable).parent / "fabric")  # the `fabric` CLI installed with lightning
 
 
+def command(argv: list[str], fabric_run: list[str] = (), script: Path = ROOT / "pretrain" / "debug.py") -> list[str]:
+    """pretrain/debug.py (or `script`) with plain python (Fabric starts the processes) or under `fabric run <flags>`
+    (on a free port: other runs may hold torchrun's default one)."""
+    if fabric_run:
+        return [FABRIC, "run", "--main_port", str(free_port()), *fabric_run, str(script), *argv]
+    return [sys.executable, str(script), *argv]
+
+
 def launch(argv: list[str], env_extra: dict[str, str] = {}, fabric_run: list[str] = (), timeout: int = 240,
            script: Path = ROOT / "pretrain" / "debug.py"):
-    """Runs pretrain/debug.py (or `script`) with plain python (Fabric starts the processes) or under `fabric run
-    <flags>`."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
-    script = str(script)
-    cmd = [FABRIC, "run", *fabric_run, script] if fabric_run else \
-        [sys.executable, script]
-    return subprocess.run([*cmd, *argv], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(command(argv, fabric_run, script), env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
 
 
 def args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -101,14 +107,138 @@ def test_two_nodes_simulated_with_fabric_run(data, tmp_path):
     assert (latest_checkpoint(tmp_path / "out") / "state").is_dir()
 
 
-def test_sigterm_to_one_rank_stops_both_at_the_next_log_step(data, tmp_path):
-    """Preemption notice to rank 0 only, after step 3: the ranks agree at the next log step (4), save and exit 0."""
-    common = ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--log_interval", "2",
+def test_sigterm_to_one_rank_stops_both_after_the_next_step(data, tmp_path):
+    """Preemption notice to rank 0 only, after step 3, with no log step near: the ranks agree after step 4 (the flag
+    exchanged while step 4 runs), save and exit 0."""
+    common = ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--log_interval", "100",
               "--save_interval", "8"]
     run = launch(args(data, tmp_path / "out", *common), {"LIT_GPT_SIGTERM_AFTER_STEP": "3"})
     assert run.returncode == 0, run.stderr[-3000:]
     assert "stopped by SIGTERM at step 4" in run.stdout
     assert latest_checkpoint(tmp_path / "out").name == "step-00000004"
+
+
+LONG = ["--strategy", "ddp", "--max_steps", "10000", "--log_interval", "10000", "--save_interval", "10000"]
+
+
+def start(cmd: list[str], log: Path, env_extra: dict[str, str] = {}) -> subprocess.Popen:
+    """Starts `cmd` (output to `log`); returns once step 1 is logged."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", **env_extra},
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while "step 1/10000" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(log.read_text()[-3000:])
+        time.sleep(0.2)
+    return proc
+
+
+def start_fabric_run(argv: list[str], log: Path) -> subprocess.Popen:
+    """A long 2-process DDP run under `fabric run`."""
+    return start(command([*argv, *LONG], ["--accelerator", "cpu", "--devices", "2"]), log)
+
+
+def stopped_at(out: str) -> int:
+    assert "stopped by SIGTERM at step " in out, out[-3000:]
+    return int(out.split("stopped by SIGTERM at step ")[1].split(";")[0])
+
+
+def children(pid: int) -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and alive(int(p.name))
+            and int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid]
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_sigterm_to_fabric_run_saves_within_torchruns_grace_whatever_log_interval(data, tmp_path):
+    """SIGTERM to the `fabric run` launcher (torchrun's agent forwards it to the ranks and SIGKILLs them 30 s later)
+    in a run with log_interval 10000: both ranks stop after the same step, write a complete checkpoint and exit
+    before the agent gives up on them."""
+    log = tmp_path / "log.txt"
+    launcher = start_fabric_run(args(data, tmp_path / "out"), log)
+    sent = time.monotonic()
+    launcher.send_signal(signal.SIGTERM)
+    try:
+        launcher.wait(timeout=120)
+    finally:
+        launcher.kill()
+    took, out = time.monotonic() - sent, log.read_text()
+    step = stopped_at(out)
+    assert latest_checkpoint(tmp_path / "out").name == f"step-{step:08d}"
+    assert (latest_checkpoint(tmp_path / "out") / "state.pth").is_file()
+    assert "forcefully" not in out and took < 30, (took, out[-3000:])  # no rank needed torchrun's SIGKILL
+
+
+def test_ranks_die_with_a_killed_launcher_and_the_out_dir_is_locked_meanwhile(data, tmp_path):
+    """SIGKILL of `fabric run`: its ranks die with it (parent-death signal) instead of training on, orphaned. While
+    the run lives, a second run into its out_dir is refused with one line naming the holder."""
+    from lit_gpt.layout import LOCK_FILE
+
+    from test_trainer import run as run_in_process
+
+    log = tmp_path / "log.txt"
+    launcher = start_fabric_run(args(data, tmp_path / "out"), log)
+    try:
+        ranks = children(launcher.pid)
+        assert len(ranks) == 2
+        with pytest.raises(SystemExit) as e:
+            run_in_process(args(data, tmp_path / "out", "--accelerator", "cpu", "--devices", "1",
+                                "--global_batch_size", "2"))
+        holder = (tmp_path / "out" / LOCK_FILE).read_text().split()[1]
+        assert f"in use by another run (pid {holder} on " in str(e.value.code) and int(holder) in ranks
+    finally:
+        launcher.kill()
+        launcher.wait()
+    deadline = time.monotonic() + 20
+    while any(alive(pid) for pid in ranks):
+        assert time.monotonic() < deadline, [pid for pid in ranks if alive(pid)]
+        time.sleep(0.2)
+
+
+def test_sigterm_to_every_srun_task_saves_and_exits_0(data, tmp_path):
+    """srun's way: one plain `python` process per rank (SLURM_* variables, no launcher process), and at scancel, the
+    time limit or `--signal` SIGTERM to every task: both save the same step and exit 0."""
+    port = str(free_port())
+
+    def slurm(rank: int) -> dict[str, str]:
+        return {"SLURM_JOB_ID": "1", "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2",
+                "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
+                "SLURM_NODELIST": "127.0.0.1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+
+    cmd = command(args(data, tmp_path / "out", "--accelerator", "cpu", "--devices", "2", *LONG))
+    tasks = [subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", **slurm(1)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        tasks.append(start(cmd, tmp_path / "rank0.txt", slurm(0)))
+        for task in tasks:
+            task.send_signal(signal.SIGTERM)
+        assert [task.wait(timeout=60) for task in tasks] == [0, 0]
+    finally:
+        for task in tasks:
+            task.kill()
+    step = stopped_at((tmp_path / "rank0.txt").read_text())
+    assert latest_checkpoint(tmp_path / "out").name == f"step-{step:08d}"
+
+
+def test_errors_under_fabric_run_print_one_line(data, tmp_path):
+    """An error found by every rank (an empty data folder, after the process group is up) and one found before it
+    (a misspelled YAML key) print their one line once, not once per rank, and the run fails."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.yaml").write_text("learning_rat: 1e-3\n")
+    flags = ["--accelerator", "cpu", "--devices", "2"]
+    for argv, line in [(args(tmp_path / "empty", tmp_path / "o1"), f"error: {tmp_path / 'empty'}: no files matching"),
+                       (["--config", str(tmp_path / "bad.yaml")],
+                        f"error: {tmp_path / 'bad.yaml'}: Option 'learning_rat' is not accepted")]:
+        proc = launch(argv, fabric_run=flags)
+        errors = [x for x in (proc.stdout + proc.stderr).splitlines() if x.startswith("error: ")]
+        assert proc.returncode != 0 and len(errors) == 1 and errors[0].startswith(line), proc.stderr[-3000:]
 
 
 def run_plain_and_fused_bf16(data, tmp_path, common: list[str]):

@@ -150,6 +150,31 @@ def test_keep_last_k_and_unfinished_checkpoint_ignored(tiny_data, tmp_path):
     expect_error(tiny_args(tiny_data, out), "holds checkpoints of an earlier run", "--resume auto")
 
 
+def test_out_dir_lock_refuses_a_second_run_and_is_taken_over_after_a_crash(tiny_data, tmp_path):
+    """A run holds out_dir/.lock (flock) for its whole length: a second run there is refused with one line naming the
+    holder; the lock of a SIGKILLed run is released by the kernel, so the next run takes it over."""
+    import os
+    import socket
+
+    from lit_gpt.training.processes import lock_folder
+
+    out = tmp_path / "out"
+    with lock_folder(out):  # this process plays the running first run
+        expect_error(tiny_args(tiny_data, out), f"{out}: in use by another run (pid {os.getpid()} on "
+                     f"{socket.gethostname()} since ", "pick another folder")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from lit_gpt.training.processes import lock_folder; "
+                               "lock = lock_folder(sys.argv[1]); print('locked', flush=True); time.sleep(600)",
+                               str(out)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        expect_error(tiny_args(tiny_data, out), f"(pid {holder.pid} on ")
+    finally:
+        holder.kill()
+        holder.wait()
+    run(tiny_args(tiny_data, out, "--max_steps", "1"))  # the dead run's lock is taken over
+    assert latest_checkpoint(out).name == "step-00000001"
+
+
 def test_cosine_lr_schedule():
     lrs = [cosine_lr(s, 4e-4, 4e-5, 10, 110) for s in range(110)]
     assert lrs[0] == pytest.approx(4e-5) and lrs[9] == pytest.approx(4e-4)

@@ -3,11 +3,14 @@ and their command-line parser. A recipe (pretrain/*.py) is a `TrainArgs` of defa
 
 from __future__ import annotations
 
+import argparse
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal, Optional, Union
 
 from lit_gpt.evaluate import DEFAULT_TASKS
+from lit_gpt.utils import TrainError
 
 
 @dataclass
@@ -141,8 +144,17 @@ def parse_args(defaults: TrainArgs, argv: Optional[list[str]] = None, descriptio
         from jsonargparse import set_docstring_parse_options
 
         set_docstring_parse_options(attribute_docstrings=True)
-    parser = ArgumentParser(description=description or "Pretrain a lit_gpt model under Lightning Fabric.")
+    # exact option names only (--learning_rat must not set learning_rate); errors raised, to be printed as one line
+    parser = ArgumentParser(description=description or "Pretrain a lit_gpt model under Lightning Fabric.",
+                            allow_abbrev=False, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file of options (e.g. configs/microllama.yaml)")
     parser.add_class_arguments(TrainArgs, None, default=defaults)
-    ns = parser.parse_args(argv)
+    try:
+        ns = parser.parse_args(argv)
+    except argparse.ArgumentError as e:
+        message = " ".join(line.strip() for line in str(e).splitlines())
+        configs = [v for flag, v in zip(argv or sys.argv[1:], (argv or sys.argv[1:])[1:]) if flag == "--config"]
+        if configs and "Option '" in message:  # an unknown key: name the YAML file(s) it may come from
+            message = f"{', '.join(configs)}: {message}"
+        raise TrainError(f"{message} (see --help)") from None
     return TrainArgs(**{f.name: getattr(ns, f.name) for f in fields(TrainArgs)})

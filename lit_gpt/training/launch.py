@@ -17,17 +17,20 @@ from lit_gpt.training.lm_eval_hook import check_lm_eval_args
 from lit_gpt.training.loop import Trainer
 from lit_gpt.training.metrics import check_loggers
 from lit_gpt.training.parallel import fabric_strategy
-from lit_gpt.training.processes import LAUNCHER_ENV
-from lit_gpt.utils import TrainError
+from lit_gpt.training.processes import LAUNCHER_ENV, first_to_report, started_by_launcher
+from lit_gpt.utils import TrainError, exit_with_parent
 
 
 def cli(defaults: TrainArgs, argv: Optional[list[str]] = None, description: Optional[str] = None) -> None:
-    """Parses the command line over `defaults` (a recipe) and trains. Expected problems exit with one line."""
-    args = parse_args(defaults, argv, description)
+    """Parses the command line over `defaults` (a recipe) and trains. Expected problems exit with one line, printed
+    once per run (not once per rank)."""
+    if started_by_launcher():
+        exit_with_parent(os.getppid())  # a killed launcher must not leave its ranks training on, orphaned
     try:
-        launch(args)
+        launch(parse_args(defaults, argv, description))
     except TrainError as e:
-        sys.exit(f"error: {e}")
+        message = f"error: {e}"
+        sys.exit(message if first_to_report(message) else 1)
 
 
 def launch(args: TrainArgs) -> None:

@@ -5,6 +5,7 @@ signals happen between steps."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -24,6 +25,7 @@ from lit_gpt.training.lm_eval_hook import evaluate_step
 from lit_gpt.training.metrics import MetricsLogger
 from lit_gpt.training.optim import cosine_lr, make_optimizer, max_steps
 from lit_gpt.training.parallel import wrap_blocks
+from lit_gpt.training.processes import lock_folder
 from lit_gpt.training.speed_monitor import ThroughputMonitor, peak_flops
 from lit_gpt.utils import TrainError, format_duration
 
@@ -42,10 +44,34 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.stop_signal: Optional[str] = None
+        self._stop_group = self._stop_work = self._stop_flag = None  # see _stop_requested
 
     # ---- setup ----
     def run(self) -> None:
         """Sets up model, optimizer and data (resuming if asked), then trains until max_steps or a stop signal."""
+        with self._holding_out_dir():
+            self._setup_and_train()
+
+    @contextlib.contextmanager
+    def _holding_out_dir(self):
+        """Rank 0 locks out_dir for the whole run, so a second run cannot write there meanwhile; every rank learns
+        whether that failed, and all stop with the same line."""
+        lock, error = None, None
+        if self.fabric.global_rank == 0:
+            try:
+                lock = lock_folder(self.out_dir)
+            except TrainError as e:
+                error = str(e)
+        error = self.fabric.broadcast(error, src=0)
+        if error is not None:
+            raise TrainError(error)
+        try:
+            yield
+        finally:
+            if lock is not None:
+                lock.close()
+
+    def _setup_and_train(self) -> None:
         fabric, args = self.fabric, self.args
         fabric.seed_everything(args.seed)
         resume_path = self.checkpointer.resume_path(args.resume)
@@ -156,10 +182,11 @@ class Trainer:
             if self.step % args.log_interval == 0 or self.step in (1, self.max_steps):
                 self._log(loss_sum / self.accum, lr, grad_norm)
             paused = time.perf_counter()  # validation and checkpoints don't count against training throughput
-            if args.val_data_dir is not None and (self.step % args.eval_interval == 0 or self.step == self.max_steps):
-                self._validate()
             fault_injection(self.step, fabric.global_rank)
             stop = self._stop_requested()
+            validate = self.step % args.eval_interval == 0 or self.step == self.max_steps
+            if args.val_data_dir is not None and validate and not stop:  # stopping: the grace period is short
+                self._validate()
             if self.step % args.save_interval == 0 or self.step == self.max_steps or stop:
                 step_dir = self.save_checkpoint()
                 last_saved = self.step
@@ -170,6 +197,8 @@ class Trainer:
                 fabric.print(f"stopped by {self.stop_signal or 'a signal on another rank'} at step {self.step}; "
                              f"continue with --resume auto --out_dir {self.out_dir}")
                 break
+        if self._stop_work is not None:  # the last flag exchange, issued by every rank, completes before teardown
+            self._stop_work.wait()
         if last_saved != self.step:
             self.save_checkpoint()
         if self.logger is not None:
@@ -243,15 +272,24 @@ class Trainer:
         return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _stop_requested(self) -> bool:
-        """True on every rank when any rank got SIGTERM/SIGINT. Ranks agree through a tiny all-reduce, done only on
-        log steps (which sync the GPU for the loss anyway), so preemption is noticed within log_interval steps
-        without a CPU-GPU sync on every step."""
-        if self.fabric.world_size == 1:  # no device tensor and .item(): that would sync the GPU every step
+        """True on every rank, after the same step, when any rank got SIGTERM/SIGINT: at most one step after the
+        signal's own step, whatever log_interval is, so the checkpoint is written inside a launcher's grace period.
+        Each step's flag is all-reduced on a CPU (gloo) group without waiting; the next step waits for it, long done
+        by then: no device tensor, no GPU sync, no stall on the other ranks."""
+        import torch.distributed as dist
+
+        if self.fabric.world_size == 1:
             return self.stop_signal is not None
-        if self.step % self.args.log_interval and self.step != self.max_steps:
-            return False
-        flag = torch.tensor(float(self.stop_signal is not None), device=self.fabric.device)
-        return bool(self.fabric.all_reduce(flag, reduce_op="max").item() > 0)
+        if self._stop_group is None:
+            self._stop_group = dist.new_group(backend="gloo")
+        stop = False
+        if self._stop_work is not None:
+            self._stop_work.wait()
+            stop = bool(self._stop_flag.item() > 0)
+        self._stop_flag = torch.tensor([float(self.stop_signal is not None)])
+        self._stop_work = dist.all_reduce(self._stop_flag, op=dist.ReduceOp.MAX, group=self._stop_group,
+                                          async_op=True)
+        return stop
 
     # ---- checkpoints ----
     def _state(self) -> dict[str, Any]:
