@@ -1,84 +1,109 @@
 #!/usr/bin/env bash
-# Everything that needs a CUDA GPU, in stages that each finish inside ~9 minutes (so a machine lent for short
-# calls can run one stage per call). Logs, Markdown tables and JSON go to $OUT (default out/gpu).
+# Everything that needs a CUDA GPU, in stages of at most ~6 minutes each, most valuable first, so that one device
+# call of 10 minutes runs `quick` (plus one follow-up if time is left). benchmarks/README.md has the time plan and
+# the question each stage answers.
 #
-#   bash benchmarks/run_gpu.sh tests       # CUDA kernel tests (float64 references, bf16 model shapes), trainer on GPU
-#   bash benchmarks/run_gpu.sh kernels     # per-kernel fwd+bwd time and memory vs eager / compiled / Liger
-#   bash benchmarks/run_gpu.sh micro       # MicroLlama-300M training step, every lit_gpt variant at micro batch 16
-#   bash benchmarks/run_gpu.sh sweep       # the two fastest lit_gpt variants at micro batch 8 and 32
-#   bash benchmarks/run_gpu.sh peers       # the same for HF (eager, compiled, Liger) and litgpt, micro batch 8/16
-#   bash benchmarks/run_gpu.sh tinyllama   # TinyLlama-1.1B shape, best lit_gpt variant vs the best peers
-#   bash benchmarks/run_gpu.sh autotune    # the compiled lit_gpt rows again with --compile-mode max-autotune-no-cudagraphs
-#   bash benchmarks/run_gpu.sh all         # all of the above in one go (~60 minutes)
-#   bash benchmarks/run_gpu.sh tests kernels   # several stages, in this order
+#   bash benchmarks/run_gpu.sh                 # = quick: environment, correctness, headline, 24 GiB check (6 min)
+#   bash benchmarks/run_gpu.sh peers           # HF eager / compiled / Liger and litgpt eager, MicroLlama, micro batch 16
+#   bash benchmarks/run_gpu.sh tinyllama       # TinyLlama-1.1B, micro batch 8: ours (also under FSDP2) vs litgpt
+#   bash benchmarks/run_gpu.sh kernels         # per-kernel fwd+bwd time and memory vs eager / compiled / Liger
+#   bash benchmarks/run_gpu.sh sweep           # our two best variants at micro batch 8 and 32
+#   bash benchmarks/run_gpu.sh autotune        # our compiled rows with --compile-mode max-autotune-no-cudagraphs
+#   bash benchmarks/run_gpu.sh micro           # our other variants at micro batch 16 and the step breakdown
+#   bash benchmarks/run_gpu.sh tests           # the CUDA test files (float64 references, trainer on the GPU)
+#   bash benchmarks/run_gpu.sh all             # every stage, in this order (~45 minutes)
+#   bash benchmarks/run_gpu.sh --dry-run STAGE...   # CPU rehearsal, below
 #
+# Output in $OUT (default out/gpu): environment.txt, then per stage <stage>.md (the table), <stage>.json (the rows)
+# and <stage>.log, each rewritten as rows come in; 7 files for two stages, within the 8 a device call returns.
+# Copy them to benchmarks/results/<YYYY-MM-DD>-<device>/ (environment.txt names the folder).
+#
+# --dry-run: the same commands on the CPU with the tiny model in place of the real ones (kernels under
+# TRITON_INTERPRET=1, compilation traced by dynamo with the aot_eager backend, the CUDA tests collected and skipped),
+# then every module the stage's processes imported is checked against the device image's packages
+# (benchmarks/device_image.txt) and the wheels benchmarks/fetch_wheels.sh carries: a missing one fails the rehearsal.
+# Compilation caches: one folder for the whole call (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR; default under
+# /tmp/lit_gpt_compile_cache, kept while the machine stays warm), so rows and a rerun share compiled graphs.
 # Wheels in .whl/ (benchmarks/fetch_wheels.sh) are installed into /tmp/site first, for machines with no internet.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-ALL=(tests kernels micro sweep peers tinyllama autotune)
+ALL=(quick peers tinyllama kernels sweep autotune micro tests)
+dry=0
+[ "${1:-}" = --dry-run ] && { dry=1; shift; }
 stages=("$@")
-[ "${1:-}" = all ] && stages=("${ALL[@]}")
-[ ${#stages[@]} -gt 0 ] || stages=(none)
+[ ${#stages[@]} -gt 0 ] || stages=(quick)
+[ "${stages[*]}" = all ] && stages=("${ALL[@]}")
 for s in "${stages[@]}"; do
   case " ${ALL[*]} " in *" $s "*) ;; *)
-    echo "usage: bash benchmarks/run_gpu.sh all | STAGE... (stages: ${ALL[*]})" >&2; exit 2 ;;
+    echo "usage: bash benchmarks/run_gpu.sh [--dry-run] [all | STAGE...] (stages: ${ALL[*]}; default quick)" >&2
+    exit 2 ;;
   esac
 done
 PY=${PYTHON:-python3}
-out=${OUT:-out/gpu}
+BUDGET=${BUDGET:-330}  # seconds per stage: rows not started by then are skipped, and each stage still writes its table
+out=${OUT:-out/gpu$([ $dry = 1 ] && echo -dry-run)}
 mkdir -p "$out"
-if compgen -G ".whl/*.whl" > /dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "error: could not install the wheels in .whl/" >&2; exit 1; }
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/lit_gpt_compile_cache/inductor}
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/lit_gpt_compile_cache/triton}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-"$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2> /dev/null \
-  || { echo "error: benchmarks/run_gpu.sh needs torch with a CUDA GPU ($PY sees none)" >&2; exit 1; }
+tiny=() compile=() kernels=() tests=()
+if [ $dry = 1 ]; then
+  tiny=(--tiny) compile=(--compile-backend aot_eager) kernels=(--no-compile) tests=(-m cuda)
+  imports=$(mktemp -d) && trap 'rm -rf "$imports"' EXIT
+  export PYTHONPATH=$PWD/benchmarks/import_log:$PYTHONPATH  # its sitecustomize records each process's imports
+else
+  if compgen -G ".whl/*.whl" > /dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      || { echo "error: could not install the wheels in .whl/" >&2; exit 1; }
+    export PYTHONPATH=/tmp/site:$PYTHONPATH
+  fi
+  "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2> /dev/null \
+    || { echo "error: benchmarks/run_gpu.sh needs torch with a CUDA GPU ($PY sees none; --dry-run rehearses on the CPU)" >&2; exit 1; }
+fi
 
-environment() {
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader
-  "$PY" -c "import torch, triton; print(f'torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN',
-    torch.backends.cudnn.version(), f'triton {triton.__version__},', torch.cuda.get_device_name())"
-  date -u +"%Y-%m-%d %H:%M UTC"
-}
-
-BUDGET=${BUDGET:-510}  # seconds per stage (benchmark stages print their table even when it runs out)
 BEST=("lit_gpt kernels+compile" "lit_gpt kernels+compile fsdp")
-OURS=("${BEST[@]}" "lit_gpt compile" "lit_gpt kernels" "lit_gpt eager")  # most important first
+throughput() {  # STAGE ARGS...: benchmarks/train_throughput.py writing STAGE.json and STAGE.md after every row
+  local stage=$1; shift
+  "$PY" benchmarks/train_throughput.py "$@" "${tiny[@]}" "${compile[@]}" --budget "$BUDGET" \
+    --json "$out/$stage.json" --md "$out/$stage.md" 2>&1 | tee "$out/$stage.log"
+}
 
 run_stage() {
   case "$1" in
-    tests)
-      timeout "$BUDGET" "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_trainer_cuda.py \
-        tests/test_model.py 2>&1 | tee "$out/tests.log" ;;
-    kernels)
-      timeout "$BUDGET" "$PY" benchmarks/kernels.py 2> "$out/kernels.err" | tee "$out/kernels.md" ;;
-    micro)
-      "$PY" benchmarks/train_throughput.py --variants "${OURS[@]}" --micro-batches 16 --budget "$BUDGET" \
-        --json "$out/micro.json" 2> "$out/micro.err" | tee "$out/micro.md" ;;
-    sweep)
-      "$PY" benchmarks/train_throughput.py --variants "${BEST[@]}" --micro-batches 8 32 --no-breakdown \
-        --budget "$BUDGET" --json "$out/sweep.json" 2> "$out/sweep.err" | tee "$out/sweep.md" ;;
+    quick)
+      "$PY" benchmarks/quick.py --out "$out" --budget "$BUDGET" "${tiny[@]}" "${compile[@]}" 2>&1 | tee "$out/quick.log" ;;
     peers)
-      "$PY" benchmarks/train_throughput.py --variants "litgpt compile" "hf liger" "hf compile" "litgpt eager" \
-        "hf eager" --micro-batches 8 16 --no-breakdown --budget "$BUDGET" --json "$out/peers.json" \
-        2> "$out/peers.err" | tee "$out/peers.md" ;;
+      throughput peers --variants "hf liger" "hf compile" "hf eager" "litgpt eager" --micro-batches 16 --no-breakdown ;;
     tinyllama)
-      "$PY" benchmarks/train_throughput.py --model TinyLlama-1.1B --micro-batches 4 8 --variants \
-        "lit_gpt kernels+compile" "litgpt compile" "hf liger" --no-breakdown --budget "$BUDGET" \
-        --json "$out/tinyllama.json" 2> "$out/tinyllama.err" | tee "$out/tinyllama.md" ;;
+      throughput tinyllama --model TinyLlama-1.1B --micro-batches 8 --no-breakdown \
+        --variants "lit_gpt kernels+compile fsdp" "lit_gpt kernels+compile" "litgpt compile" ;;
+    kernels)
+      timeout "$BUDGET" "$PY" benchmarks/kernels.py "${tiny[@]}" "${kernels[@]}" 2> "$out/kernels.log" | tee "$out/kernels.md" ;;
+    sweep)
+      throughput sweep --variants "${BEST[@]}" --micro-batches 8 32 --no-breakdown ;;
     autotune)
-      "$PY" benchmarks/train_throughput.py --variants "lit_gpt kernels+compile" "lit_gpt compile" --micro-batches 16 \
-        --compile-mode max-autotune-no-cudagraphs --no-breakdown --budget "$BUDGET" --json "$out/autotune.json" \
-        2> "$out/autotune.err" | tee "$out/autotune.md" ;;
+      throughput autotune --variants "lit_gpt kernels+compile" "lit_gpt compile" --micro-batches 16 \
+        --compile-mode max-autotune-no-cudagraphs --no-breakdown ;;
+    micro)
+      throughput micro --variants "lit_gpt compile" "lit_gpt kernels" "lit_gpt eager" --micro-batches 16 ;;
+    tests)
+      timeout "$BUDGET" "$PY" -m pytest -q -p no:cacheprovider "${tests[@]}" tests/test_kernels.py \
+        tests/test_trainer_cuda.py tests/test_model.py 2>&1 | tee "$out/tests.log" ;;
   esac
 }
 
-environment | tee "$out/environment.txt"
+[ $dry = 1 ] && export LIT_GPT_IMPORT_LOG=$imports/environment
+"$PY" benchmarks/gpu_check.py env "${tiny[@]}" 2>&1 | tee "$out/environment.txt"  # versions, results folder
 status=0
 for s in "${stages[@]}"; do
-  echo "== $s" >&2
-  run_stage "$s" || status=1
+  echo "== $s (started $(date -u +%H:%M:%S))" >&2
+  [ $dry = 1 ] && export LIT_GPT_IMPORT_LOG=$imports/$s
+  SECONDS=0
+  run_stage "$s" || { status=1; echo "error: stage $s failed" >&2; }
+  echo "== $s took ${SECONDS}s" >&2
 done
+if [ $dry = 1 ]; then
+  unset LIT_GPT_IMPORT_LOG
+  "$PY" benchmarks/device_image.py "$imports" || status=1
+fi
 exit $status

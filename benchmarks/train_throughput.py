@@ -26,7 +26,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,6 +38,12 @@ PEERS = {  # variant -> module that must import
 }
 VARIANTS = OURS + list(PEERS)
 RESULT_TAG = "RESULT "
+ROW_KEYS = ["model", "variant", "micro_batch", "tokens_per_s", "mfu", "peak_gib", "device", "status"]
+
+
+def result_row(model: str, variant: str, micro_batch: int, **measured) -> dict:
+    """A row with every key of the results schema (benchmarks/README.md), None for what was not measured."""
+    return {**dict.fromkeys(ROW_KEYS), "model": model, "variant": variant, "micro_batch": micro_batch, **measured}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,19 +62,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--attention", default="auto", help="lit_gpt attention backend: auto, cudnn, flash_attn, sdpa")
     p.add_argument("--no-breakdown", action="store_true", help="skip the per-part breakdown of the step")
     p.add_argument("--timeout", type=int, default=900, help="seconds allowed per variant process")
+    p.add_argument("--memory-cap", type=float, default=None, metavar="GIB",
+                   help="cap each row's CUDA allocator at this many GiB (torch.cuda.set_per_process_memory_fraction): "
+                        "does the step fit a smaller card, e.g. 24 for an RTX 4090")
     p.add_argument("--tiny", action="store_true",
-                   help="the 'tiny' config on the CPU in float32, T=16, micro batch 1, 1+2 steps (a smoke test)")
+                   help="the 'tiny' config on the CPU in float32, T=16, micro batch 1, 1+1 steps (a smoke test)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds for the whole run: rows not started by then are reported as skipped (so a run "
                         "with a wall-clock limit still prints its table)")
     p.add_argument("--json", type=Path, default=None,
                    help="also write all results to this JSON file (rewritten after every row, so a killed run "
                         "keeps what it measured)")
+    p.add_argument("--md", type=Path, default=None,
+                   help="also write the printed tables to this Markdown file (rewritten after every row)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: run one variant
     p.add_argument("--micro-batch", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.requested_model = args.model  # still checked under --tiny, so the rehearsal catches a typo in it
     if args.tiny:
-        args.model, args.seq_len, args.micro_batches, args.warmup, args.steps = "tiny", 16, [1], 1, 2
+        args.model, args.seq_len, args.micro_batches, args.warmup, args.steps = "tiny", 16, [1], 1, 1
     return args
 
 
@@ -161,7 +172,7 @@ def run_worker(args) -> dict:
     from lit_gpt.kernels.attention import set_attention_backend
     from lit_gpt.training.speed_monitor import mfu, peak_flops
 
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    device = worker_device(args)
     if device.type == "cpu":
         torch.set_num_threads(1)  # tiny shapes: threads only add contention
     config = Config.from_name(args.model)
@@ -169,6 +180,9 @@ def run_worker(args) -> dict:
     B = args.micro_batch
     row = {"variant": args.worker, "micro_batch": B, "seq_len": T, "model": config.name,
            "torch": torch.__version__}
+    if args.memory_cap is not None and device.type == "cuda":  # OOM past the cap, as on the smaller card
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap * 2**30 / total), device)
     set_attention_backend(args.attention)
     torch.manual_seed(0)
     model, loss_fn = build(args.worker, config, device, args.compile_backend, args.compile_mode)
@@ -188,8 +202,12 @@ def run_worker(args) -> dict:
         optimizer.zero_grad(set_to_none=True)
         return loss
 
-    for _ in range(args.warmup):
+    t0 = time.perf_counter()
+    for i in range(args.warmup):
         loss = step()
+        if i == 0:  # compilation happens here: its time is what a short run has to plan for
+            synchronize(device)
+            row["first_step_s"] = time.perf_counter() - t0
     synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -203,8 +221,20 @@ def run_worker(args) -> dict:
     row.update(status="ok", tokens_per_s=tokens_per_s, step_ms=elapsed / args.steps * 1e3,
                mfu=mfu(tokens_per_s, config.flops_per_token(T), peak), loss=float(loss.detach()),
                peak_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-               device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+               device=device_name(device))
     return row
+
+
+def worker_device(args):
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+
+
+def device_name(device) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def run_breakdown(args) -> dict:
@@ -232,6 +262,9 @@ def worker_main(args) -> None:
     except Exception as e:  # a peer's incompatibility is a row, not a crash of the whole table
         status = "OOM" if "out of memory" in str(e).lower() else f"error: {type(e).__name__}: {str(e)[:160]}"
         row = {"variant": args.worker, "micro_batch": args.micro_batch, "status": status}
+    row.setdefault("device", device_name(worker_device(args)))
+    if args.memory_cap is not None:
+        row["memory_cap_gib"] = args.memory_cap
     print(RESULT_TAG + json.dumps(row), flush=True)
     if torch.distributed.is_initialized():  # the fsdp variant's world of one
         torch.distributed.destroy_process_group()
@@ -245,6 +278,8 @@ def child_command(args, variant: str, micro_batch: int) -> list[str]:
            "--attention", args.attention]
     if args.seq_len:
         cmd += ["--seq-len", str(args.seq_len)]
+    if args.memory_cap is not None:
+        cmd += ["--memory-cap", str(args.memory_cap)]
     if args.tiny:
         cmd.append("--tiny")
     return cmd
@@ -258,17 +293,20 @@ def child_env(args) -> dict:
 
 
 def run_row(args, variant: str, micro_batch: int, timeout: float) -> dict:
-    base = {"variant": variant, "micro_batch": micro_batch}
+    """Runs one row in its own process. Every row has model, variant, micro_batch, status and row_s (the process's
+    wall time: start, imports, compilation, steps), whatever happened to the process."""
+    started = time.monotonic()
     try:
         proc = subprocess.run(child_command(args, variant, micro_batch), capture_output=True, text=True,
                               timeout=timeout, env=child_env(args), cwd=ROOT)
+        row = next((json.loads(line[len(RESULT_TAG):]) for line in proc.stdout.splitlines()
+                    if line.startswith(RESULT_TAG)), None)
+        if row is None:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            row = {"status": f"crashed (exit {proc.returncode}): {tail[:160]}"}
     except subprocess.TimeoutExpired:
-        return {**base, "status": f"timeout after {timeout:.0f}s"}
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {**base, "status": f"crashed (exit {proc.returncode}): {tail[:160]}"}
+        row = {"status": f"timeout after {timeout:.0f}s"}
+    return {**result_row(args.model, variant, micro_batch), **row, "row_s": round(time.monotonic() - started, 1)}
 
 
 def available(variant: str) -> bool:
@@ -277,16 +315,19 @@ def available(variant: str) -> bool:
 
 
 def fmt(row: dict) -> str:
+    seconds = f"{row['row_s']:.0f}" if "row_s" in row else ""
     if row.get("status") != "ok":
-        return f"| {row['variant']} | {row['micro_batch']} | {row['status']} | | | |"
+        return f"| {row['variant']} | {row['micro_batch']} | {row['status']} | | | | | {seconds} |"
     mfu = "n/a" if row.get("mfu") is None else f"{row['mfu']:.2f}"
     mem = "n/a" if row.get("peak_gib") is None else f"{row['peak_gib']:.1f}"
     return (f"| {row['variant']} | {row['micro_batch']} | {row['tokens_per_s']:,.0f} | {mfu} | {mem} | "
-            f"{row['step_ms']:.1f} |")
+            f"{row['step_ms']:.1f} | {row.get('first_step_s', 0):.1f} | {seconds} |")
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| variant | micro batch | tokens/s | MFU | peak GiB | step ms |", "|---|---|---|---|---|---|"]
+    """Markdown table of result rows. 'first step s' includes compilation; 'row s' is the row's whole process."""
+    lines = ["| variant | micro batch | tokens/s | MFU | peak GiB | step ms | first step s | row s |",
+             "|---|---|---|---|---|---|---|---|"]
     return "\n".join(lines + [fmt(r) for r in rows])
 
 
@@ -298,6 +339,7 @@ def main(argv=None) -> None:
 
     try:
         config = Config.from_name(args.model)
+        Config.from_name(args.requested_model)
     except ValueError as e:
         sys.exit(f"error: {e}")
     if any(b < 1 for b in args.micro_batches) or args.steps < 1 or args.warmup < 0:
@@ -312,57 +354,77 @@ def main(argv=None) -> None:
     def out_of_budget() -> bool:
         return remaining() <= 0
 
-    rows, skipped, breakdown_rows = [], [], []
+    rows, skipped, breakdown = [], [], ([], "")
+
+    def report() -> str:  # what is printed at the end, and written to --md after every row
+        device = next((r["device"] for r in rows if r.get("device")), "n/a")
+        cap = "" if args.memory_cap is None else f", memory capped at {args.memory_cap:g} GiB"
+        text = f"## {config.name}, T={T}, device: {device}{cap}\n\n{table(rows)}\n"
+        if skipped:
+            text += f"\nnot run: {'; '.join(skipped)}\n"
+        return text + breakdown[1]
+
     for variant in args.variants:
         if not available(variant):
             skipped.append(f"{variant} ({PEERS[variant]} not installed)")
             continue
         for micro_batch in args.micro_batches:
             if out_of_budget():
-                rows.append({"variant": variant, "micro_batch": micro_batch,
-                             "status": f"skipped (--budget {args.budget:g}s used)"})
+                rows.append(result_row(args.model, variant, micro_batch,
+                                       status=f"skipped (--budget {args.budget:g}s used)"))
                 continue
             print(f"running {variant}, micro batch {micro_batch} ...", file=sys.stderr, flush=True)
             row = run_row(args, variant, micro_batch, remaining())
             print(f"  {fmt(row)}", file=sys.stderr, flush=True)
             rows.append(row)
-            write_json(args.json, rows, breakdown_rows)
-    device = next((r["device"] for r in rows if r.get("device")), "n/a")
-    print(f"\n## {config.name}, T={T}, device: {device}\n")
-    print(table(rows))
-    if skipped:
-        print(f"\nnot run: {'; '.join(skipped)}")
+            write_outputs(args, rows, breakdown[0], report())
     if not args.no_breakdown:
         if out_of_budget():
-            print(f"\nstep breakdown skipped: --budget {args.budget:g}s used")
+            breakdown = [], f"\nstep breakdown skipped: --budget {args.budget:g}s used\n"
         else:
-            breakdown_rows = measure_breakdown(args, rows, remaining())
-    write_json(args.json, rows, breakdown_rows)
+            breakdown = measure_breakdown(args, rows, remaining())
+    print("\n" + report(), end="")
+    write_outputs(args, rows, breakdown[0], report())
+    if our_failures(rows):  # a peer's failure is a row; ours is a bug
+        sys.exit(f"error: lit_gpt rows failed: {'; '.join(our_failures(rows))}")
 
 
-def measure_breakdown(args, rows: list[dict], timeout: float) -> list[dict]:
-    """Times each part of the step alone (in its own process) and prints it against the best kernels row."""
+def our_failures(rows: list[dict]) -> list[str]:
+    """lit_gpt rows that neither measured, ran out of memory, nor were skipped by the budget."""
+    return [f"{r['variant']} (micro batch {r['micro_batch']}): {r['status']}" for r in rows
+            if r["variant"].startswith("lit_gpt") and r["status"] != "OOM"
+            and not r["status"].startswith(("ok", "skipped"))]
+
+
+def measure_breakdown(args, rows: list[dict], timeout: float) -> tuple[list[dict], str]:
+    """Times each part of the step alone (in its own process); returns the parts and their table against the best
+    kernels row."""
     from benchmarks.step_breakdown import breakdown_table
 
     micro_batch = 16 if 16 in args.micro_batches else args.micro_batches[0]
     print(f"measuring the step breakdown at micro batch {micro_batch} ...", file=sys.stderr, flush=True)
     result = run_row(args, "breakdown", micro_batch, timeout)
     if result.get("status") != "ok":
-        print(f"\nstep breakdown failed: {result.get('status')}")
-        return []
+        return [], f"\nstep breakdown failed: {result.get('status')}\n"
     ours = [r for r in rows if "kernels" in r["variant"] and r.get("status") == "ok" and r["micro_batch"] == micro_batch]
     best = min((r["step_ms"] for r in ours), default=None)
-    print(f"\n### Step breakdown, micro batch {micro_batch} (lit_gpt with kernels, each part timed alone)\n")
-    print(breakdown_table(result["parts"], best))
-    return result["parts"]
+    return result["parts"], (f"\n### Step breakdown, micro batch {micro_batch} (lit_gpt with kernels, each part timed "
+                             f"alone)\n\n{breakdown_table(result['parts'], best)}\n")
 
 
-def write_json(path: Optional[Path], rows: list[dict], breakdown_rows: list[dict]) -> None:
-    if path is not None:
-        from lit_gpt.utils import atomic_write
+def write_outputs(args, rows: list[dict], breakdown_rows: list[dict], report: str) -> None:
+    """--json and --md, rewritten whole (atomically) after every row: a run cut off still leaves what it measured."""
+    from lit_gpt.utils import atomic_write
 
-        with atomic_write(path) as f:
+    device = next((r["device"] for r in rows if r.get("device")), None)
+    for row in rows:  # rows whose process died before it could say which device it ran on
+        row["device"] = row.get("device") or device
+    if args.json is not None:
+        with atomic_write(args.json) as f:
             f.write(json.dumps({"rows": rows, "breakdown": breakdown_rows}, indent=2) + "\n")
+    if args.md is not None:
+        with atomic_write(args.md) as f:
+            f.write(report)
 
 
 if __name__ == "__main__":

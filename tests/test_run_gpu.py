@@ -1,0 +1,134 @@
+"""benchmarks/run_gpu.sh and its CPU rehearsal: `--dry-run` runs every stage's real commands with the tiny model
+(kernels interpreted), writes the same files a device call returns, and checks that every module the stages import
+is on the device image; plus the pieces a cut-off device run relies on (rows written as they come, a stopped child
+keeps its rows, a failing check fails)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from benchmarks import device_image, gpu_check, quick
+from benchmarks.train_throughput import ROW_KEYS
+from tests.conftest import ROOT
+
+STAGES = ["quick", "peers", "tinyllama", "kernels", "sweep", "autotune", "micro", "tests"]
+
+
+def run_gpu_sh(tmp_path, *args, timeout=900):
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable, BUDGET="600",
+               TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"), TRITON_CACHE_DIR=str(tmp_path / "triton"))
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "run_gpu.sh"), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+
+
+@pytest.mark.slow
+def test_dry_run_of_every_stage(tmp_path):
+    proc = run_gpu_sh(tmp_path, "--dry-run", "all")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "out"
+    for stage in STAGES:
+        assert f"== {stage} took" in proc.stderr, stage
+    assert "imports of" in proc.stdout and "all in Python 3.12's standard library" in proc.stdout
+    assert "results_dir" in (out / "environment.txt").read_text()
+
+    result = json.loads((out / "quick.json").read_text())
+    assert result["environment"]["torch"] == torch.__version__
+    checks = {r["check"]: r for r in result["rows"] if r["part"] == "correctness"}
+    kernels = ["rms_norm", "add_rms_norm", "rope", "swiglu", "linear_cross_entropy", "attention"]
+    assert set(checks) == {f"kernel {k}" for k in kernels} | {"trainer eager", "trainer kernels+compile"}
+    assert all(r["status"] == "ok" for r in checks.values()), checks
+    assert set(result["part_seconds"]) == {"environment", "correctness", "headline", "capped"}
+    rows = [r for r in result["rows"] if r["part"] in ("headline", "capped")]
+    assert [r["variant"] for r in rows] == quick.HEADLINE + quick.CAPPED
+    assert all(set(ROW_KEYS) <= set(r) for r in rows)
+    ours = [r for r in rows if r["variant"].startswith("lit_gpt")]
+    assert all(r["status"] == "ok" and r["tokens_per_s"] > 0 for r in ours), ours
+    assert all(r["memory_cap_gib"] == 24 for r in rows if r["part"] == "capped")
+    md = (out / "quick.md").read_text()
+    assert "| kernel rope | ok |" in md and "## Time per part" in md
+
+    table_header = "| variant | micro batch | tokens/s | MFU | peak GiB | step ms | first step s | row s |"
+    by_variant = {}
+    for stage in ("peers", "tinyllama", "sweep", "autotune", "micro"):
+        assert table_header in (out / f"{stage}.md").read_text(), stage
+        for row in json.loads((out / f"{stage}.json").read_text())["rows"]:
+            assert set(ROW_KEYS) <= set(row), row
+            by_variant.setdefault(row["variant"], row)
+    assert by_variant["hf eager"]["tokens_per_s"] > 0
+    # same seed, same data, float32: FSDP2 over one process and the kernels give eager's loss
+    fsdp = next(r for r in rows if r["variant"] == "lit_gpt kernels+compile fsdp")
+    assert math.isclose(fsdp["loss"], by_variant["lit_gpt eager"]["loss"], rel_tol=1e-5)
+    micro = (out / "micro.md").read_text()
+    for part in ("GEMMs", "attention fwd+bwd", "norms + RoPE + SwiGLU", "lm_head + cross-entropy"):
+        assert f"| {part}" in micro, part
+    assert "| rms_norm | triton |" in (out / "kernels.md").read_text()
+    assert "skipped" in (out / "tests.log").read_text()
+
+
+def test_run_gpu_rejects_unknown_stage_and_a_machine_without_gpu(tmp_path):
+    proc = run_gpu_sh(tmp_path, "--dry-run", "quick", "nope")
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: bash benchmarks/run_gpu.sh [--dry-run]")
+    if not torch.cuda.is_available():
+        proc = run_gpu_sh(tmp_path, "quick")
+        assert proc.returncode == 1
+        assert "error: benchmarks/run_gpu.sh needs torch with a CUDA GPU" in proc.stderr
+
+
+def write_log(folder, local, edges):
+    folder.mkdir(parents=True)
+    (folder / "1.json").write_text(json.dumps({"local": local, "edges": edges}))
+
+
+@pytest.mark.parametrize("edges, missing", [
+    ([["lit_gpt", "torch"], ["lit_gpt", "json"], ["__main__", "jsonargparse"]], None),
+    # an image package's own imports are its image's business (this machine may have other versions)
+    ([["lit_gpt", "transformers"], ["transformers", "not_on_the_image"]], None),
+    ([["lit_gpt", "not_on_the_image"]], "not_on_the_image"),
+    # the wheels come without their dependencies: what they import must be there too
+    ([["lit_gpt", "jsonargparse"], ["jsonargparse", "not_on_the_image"]], "not_on_the_image"),
+    ([["tests", "distutils"]], "distutils"),  # stdlib in 3.11, gone in the device's 3.12
+])
+def test_import_check(tmp_path, capsys, edges, missing):
+    write_log(tmp_path / "quick", ["lit_gpt", "__main__", "tests"], edges)
+    assert device_image.main([str(tmp_path)]) == (1 if missing else 0)
+    err = capsys.readouterr().err
+    if missing:
+        assert f"error: stage quick needs {missing} (imported by" in err
+    else:
+        assert err == ""
+
+
+def test_import_check_refuses_an_empty_log(tmp_path, capsys):
+    (tmp_path / "quick").mkdir()
+    assert device_image.main([str(tmp_path)]) == 1
+    assert "no imports were recorded" in capsys.readouterr().err
+
+
+def test_quick_keeps_rows_of_a_child_it_stops(tmp_path):
+    """A part cut off by its timeout: the rows it printed before are in quick.json and quick.md already."""
+    report = quick.Report(tmp_path)
+    child = ("import json, time; print('noise'); print('RESULT ' + json.dumps({'check': 'kernel rope', "
+             "'status': 'ok', 'fwd_err': 1e-3, 'bwd_err': 2e-3}), flush=True); time.sleep(60)")
+    finished = quick.stream_rows([sys.executable, "-c", child], dict(os.environ), 3,
+                                 lambda row: report.add("correctness", row))
+    assert not finished
+    assert json.loads((tmp_path / "quick.json").read_text())["rows"][0]["check"] == "kernel rope"
+    assert "| kernel rope | ok | 1.00e-03 | 2.00e-03 |" in (tmp_path / "quick.md").read_text()
+
+
+def test_kernel_check_fails_a_wrong_kernel():
+    from lit_gpt.kernels import rms_norm_reference
+
+    x, w = torch.randn(4, 64, requires_grad=True), torch.randn(64, requires_grad=True)
+    ok = gpu_check.fwd_bwd_errors(lambda a, b: rms_norm_reference(a, b, 1e-5),
+                                  lambda a, b: rms_norm_reference(a, b, 1e-5), (x, w))
+    assert max(ok) < 1e-6
+    x.grad = w.grad = None
+    wrong = gpu_check.fwd_bwd_errors(lambda a, b: rms_norm_reference(a, b.roll(1), 1e-5),
+                                     lambda a, b: rms_norm_reference(a, b, 1e-5), (x, w))
+    assert min(wrong) > 0.1
