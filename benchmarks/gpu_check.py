@@ -68,7 +68,7 @@ def environment(tiny: bool) -> dict:
 
 def results_dir(device: str) -> str:
     """benchmarks/results/<YYYY-MM-DD>-<device>/, where a run's files are committed (e.g. ...-h100-sxm)."""
-    from lit_gpt.speed_monitor import device_key
+    from lit_gpt.training.speed_monitor import device_key
 
     slug = (device_key(device) or device.replace("NVIDIA", "").split()[0]).lower().replace(" ", "-")
     return f"benchmarks/results/{time.strftime('%Y-%m-%d', time.gmtime())}-{slug}/"
@@ -137,18 +137,18 @@ def check_kernels(tiny: bool) -> None:
 
 # ---- trainer --------------------------------------------------------------------------------------------------
 def check_trainer(tiny: bool, steps: int, compile_backend: str) -> None:
-    """The same steps twice under lit_gpt.trainer (same seed, same data): eager, then kernels + per-Block compile.
+    """The same steps twice under the trainer (same seed, same data): eager, then kernels + per-Block compile.
     Every loss must be finite and the two runs' losses equal within the precision's tolerance."""
     import numpy as np
 
-    from lit_gpt import trainer
-    from lit_gpt.packed_dataset import PackedDatasetWriter
-    from lit_gpt.utils import read_metrics
+    from lit_gpt.data.packed import PackedDatasetWriter
+    from lit_gpt.training import TrainArgs, cli, loop
+    from lit_gpt.training.metrics import read_metrics
 
     if compile_backend != "inductor":  # the trainer always compiles with inductor; a rehearsal may skip codegen
         from functools import partial
 
-        trainer.wrap_blocks = partial(trainer.wrap_blocks, backend=compile_backend)
+        loop.wrap_blocks = partial(loop.wrap_blocks, backend=compile_backend)
     model, block, batch = ("tiny", 16, 2) if tiny else ("debug", 256, 8)
     tol = 1e-3 if tiny else 2e-2
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,7 +165,7 @@ def check_trainer(tiny: bool, steps: int, compile_backend: str) -> None:
         for name, extra in (("eager", []), ("kernels+compile", ["--kernels", "true", "--compile", "true"])):
             t0 = time.perf_counter()
             try:
-                trainer.cli(trainer.TrainArgs(), common + ["--out_dir", f"{tmp}/{name}", *extra])
+                cli(TrainArgs(), common + ["--out_dir", f"{tmp}/{name}", *extra])
                 losses[name] = [r["loss"] for r in read_metrics(Path(tmp) / name / "metrics.csv")
                                 if r["loss"] is not None]
                 row = {"check": f"trainer {name}", "status": "ok", "losses": losses[name]}
