@@ -19,16 +19,15 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+from lit_gpt.layout import EVAL_RESULTS, PathLike, read_training_metadata, run_dir, step_of
 from lit_gpt.utils import atomic_write
 
-PathLike = Union[str, Path]
 
 DEFAULT_TASKS = ("hellaswag", "openbookqa", "winogrande", "arc_easy", "arc_challenge", "boolq", "piqa")
 # column titles and order of the seed tables
 SEED_COLUMNS = {"hellaswag": "HellaSwag", "openbookqa": "Obqa", "winogrande": "WinoGrande", "arc_challenge": "ARC_c",
                 "arc_easy": "ARC_e", "boolq": "boolq", "piqa": "piqa"}
 ACC_ONLY_TASKS = {"winogrande", "boolq"}  # the tables report acc for these even if acc_norm were present
-RESULTS_FILE = "eval_results.json"
 
 
 # ---- argument checks -------------------------------------------------------------------------------
@@ -112,9 +111,11 @@ def markdown_table(model_name: str, summary: dict[str, dict[str, Any]]) -> str:
 
 
 # ---- running -----------------------------------------------------------------------------------------
-def find_tokenizer(checkpoint: Path) -> Path:
-    """The folder with the tokenizer lm-eval will use: an HF folder's own, else the one near the lit checkpoint."""
-    from lit_gpt.checkpoint import find_tokenizer_dir, has_tokenizer, is_hf_folder
+def require_tokenizer_dir(checkpoint: Path) -> Path:
+    """The folder with the tokenizer lm-eval will use: an HF folder's own, else the one near the lit checkpoint
+    (FileNotFoundError when there is none)."""
+    from lit_gpt.convert import is_hf_folder
+    from lit_gpt.weights import find_tokenizer_dir, has_tokenizer
 
     if is_hf_folder(checkpoint):
         if not has_tokenizer(checkpoint):
@@ -173,18 +174,18 @@ def evaluate_checkpoint(
     reached (offline) raises ConnectionError/OSError naming the task setup (see docs/evaluation.md)."""
     import torch
 
-    from lit_gpt.checkpoint import is_hf_folder, resolve_checkpoint
-    from lit_gpt.model_card import read_training_metadata
+    from lit_gpt.checkpoint import resolve_checkpoint
+    from lit_gpt.convert import is_hf_folder
 
     check_limit(limit)
     checkpoint = resolve_checkpoint(checkpoint)
-    tokenizer_dir = find_tokenizer(checkpoint)
+    tokenizer_dir = require_tokenizer_dir(checkpoint)
     manager = task_manager(include_path)
     check_tasks(tasks, manager)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
-    output = Path(output) if output is not None else folder / RESULTS_FILE
+    output = Path(output) if output is not None else folder / EVAL_RESULTS
     model_name = model_name or default_model_name(folder)
     if output.exists() and output.is_dir():
         raise ValueError(f"{output}: --output is a folder, expected a JSON file path")
@@ -213,9 +214,8 @@ def evaluate_checkpoint(
 
 def default_model_name(folder: Path) -> str:
     """The folder name; for a training step folder `out/run/checkpoints/step-00001000`, "run-step-00001000"."""
-    if folder.name.startswith("step-"):
-        run = folder.parent.parent if folder.parent.name == "checkpoints" else folder.parent
-        return f"{run.name}-{folder.name}"
+    if step_of(folder) is not None:
+        return f"{run_dir(folder).name}-{folder.name}"
     return folder.name
 
 
@@ -227,15 +227,3 @@ def write_json(path: Path, obj: dict[str, Any]) -> None:
     with atomic_write(path) as f:
         json.dump(obj, f, indent=2, default=handle_non_serializable)
         f.write("\n")
-
-
-def load_results(path: PathLike) -> dict[str, Any]:
-    """Reads an `eval_results.json` written by `evaluate_checkpoint` (ValueError naming the file if it is not one)."""
-    path = Path(path)
-    try:
-        report = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(report, dict) or not isinstance(report.get("summary"), dict):
-        raise ValueError(f"{path}: not an eval_results.json written by scripts/eval.py (no 'summary')")
-    return report

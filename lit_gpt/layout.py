@@ -8,15 +8,17 @@
           state.pth             one process or DDP: model, optimizer, step, loader positions, RNG (torch.save)
           state/                FSDP: the same as a sharded torch.distributed.checkpoint folder (+ meta.pt)
           model_config.json
+          checksums.json        size and hash of every file above, verified at every read
           eval_results.json     lm-eval scores of this step (scripts/eval.py or --lm_eval_interval)
           lm_eval.log           the output of lm-eval run during training
 
-A lit checkpoint folder (consolidate / convert output) holds lit_model.pth, model_config.json, the tokenizer files
-and train_metadata.json.
+A lit checkpoint folder (consolidate / convert output) holds lit_model.pth, model_config.json, the tokenizer files,
+train_metadata.json ({"step", "tokens_seen"}) and checksums.json.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -38,6 +40,7 @@ EVAL_RESULTS = "eval_results.json"
 LM_EVAL_LOG = "lm_eval.log"  # the output of lm-eval run during training, beside its eval_results.json
 METRICS_CSV = "metrics.csv"
 LOCK_FILE = ".lock"  # held (flock) by the run writing to out_dir
+CHECKSUMS = "checksums.json"  # size and hash of every file of a checkpoint folder (lit_gpt.integrity)
 _STEP_DIR = re.compile(r"step-(\d+)$")
 
 
@@ -115,3 +118,35 @@ def read_step_metadata(folder: PathLike, keys: tuple[str, ...] = ("step", "token
     except Exception as e:
         raise ValueError(f"{file}: unreadable checkpoint ({first_line(e)})") from None
     return {k: v for k, v in obj.items() if k in keys}
+
+
+def read_training_metadata(folder: PathLike) -> dict[str, Any]:
+    """{"step", "tokens_seen"} (whichever are known) of the checkpoint in `folder`: a lit folder's
+    train_metadata.json or a step folder's state; {} when nothing says (an unreadable side file only costs the
+    model card its training line)."""
+    folder = Path(folder)
+    try:
+        if (folder / TRAIN_METADATA).is_file():
+            obj = json.loads((folder / TRAIN_METADATA).read_text())
+        elif metadata_file(folder).is_file():
+            obj = read_step_metadata(folder, keys=("step", "tokens_seen"))
+        else:
+            return {}
+    except (ValueError, OSError):
+        return {}
+    if not isinstance(obj, dict):
+        return {}
+    return {k: int(obj[k]) for k in ("step", "tokens_seen") if isinstance(obj.get(k), int)}
+
+
+def load_results(path: PathLike) -> dict[str, Any]:
+    """Reads an `eval_results.json` written by `lit_gpt.evaluate.evaluate_checkpoint` (ValueError naming the file if
+    it is not one)."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("summary"), dict):
+        raise ValueError(f"{path}: not an eval_results.json written by scripts/eval.py (no 'summary')")
+    return report

@@ -8,15 +8,12 @@ What it can find it reports, what it cannot it leaves out (never a placeholder n
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from lit_gpt.config import Config
+from lit_gpt.layout import EVAL_RESULTS, PathLike, load_results, read_training_metadata
 from lit_gpt.utils import atomic_write
-
-PathLike = Union[str, Path]
-TRAIN_METADATA = "train_metadata.json"
 
 
 def write_model_card(out_dir: PathLike, config: Config, source_path: Optional[PathLike] = None,
@@ -24,15 +21,13 @@ def write_model_card(out_dir: PathLike, config: Config, source_path: Optional[Pa
     """Writes `out_dir/README.md` (atomically) and returns its path. `source_path` is the checkpoint the export
     came from (lit folder, step folder, or a weights file); `eval_results` overrides the eval_results.json found
     next to it."""
-    from lit_gpt.evaluate import RESULTS_FILE, load_results
-
     out_dir = Path(out_dir)
     source_dir = None
     if source_path is not None:
         source_path = Path(source_path)
         source_dir = source_path if source_path.is_dir() else source_path.parent
-    if eval_results is None and source_dir is not None and (source_dir / RESULTS_FILE).is_file():
-        eval_results = source_dir / RESULTS_FILE
+    if eval_results is None and source_dir is not None and (source_dir / EVAL_RESULTS).is_file():
+        eval_results = source_dir / EVAL_RESULTS
     report = load_results(eval_results) if eval_results is not None else None
     training = read_training_metadata(source_dir) if source_dir is not None else {}
     text = render_model_card(config, training, report)
@@ -41,28 +36,6 @@ def write_model_card(out_dir: PathLike, config: Config, source_path: Optional[Pa
     with atomic_write(path) as f:
         f.write(text)
     return path
-
-
-def read_training_metadata(folder: Path) -> dict[str, Any]:
-    """{"step", "tokens_seen"} (whichever are known) of the checkpoint in `folder`; {} when nothing says."""
-    import torch
-
-    candidates = [folder / TRAIN_METADATA, folder / "state.pth", folder / "state" / "meta.pt"]
-    for path in candidates:
-        if not path.is_file():
-            continue
-        try:
-            if path.suffix == ".json":
-                obj = json.loads(path.read_text())
-            else:  # weights_only: reading two integers must not unpickle arbitrary objects
-                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=path.name == "state.pth")
-        except Exception:
-            continue  # an unreadable side file only costs the card its training line
-        if isinstance(obj, dict):
-            meta = {k: int(obj[k]) for k in ("step", "tokens_seen") if isinstance(obj.get(k), int)}
-            if meta:
-                return meta
-    return {}
 
 
 def human(n: float) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -50,6 +51,11 @@ def exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def write_json(path: Union[str, Path], obj) -> None:
+    """`obj` as indented JSON with a final newline (inside a folder that is renamed into place when complete)."""
+    Path(path).write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def fsync(path: Union[str, Path]) -> None:

@@ -17,10 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-from lit_gpt.checkpoint import (
-    LIT_WEIGHTS, check_output_folder, check_tokenizer_dir, consolidate, resolve_checkpoint,
-)
-from lit_gpt.model_card import read_training_metadata
+from lit_gpt.checkpoint import consolidate, resolve_checkpoint
+from lit_gpt import layout
+from lit_gpt.layout import LIT_WEIGHTS
+from lit_gpt.weights import check_output_folder, check_tokenizer_dir
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,32 +37,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def step_folder(checkpoint: Path) -> Path:
-    """The step folder of a resolved checkpoint path (state.pth and state/ live inside one)."""
-    return checkpoint.parent if checkpoint.name in ("state.pth", "state") else checkpoint
-
-
 def default_out_dir(checkpoint: Path) -> Path:
     """`<training out_dir>/consolidated` for `<out_dir>/checkpoints/step-XXXXXXXX`, else `consolidated` beside it."""
-    step = step_folder(checkpoint)
-    run = step.parent.parent if step.parent.name == "checkpoints" else step.parent
-    return run / "consolidated"
+    return layout.run_dir(layout.step_folder(checkpoint)) / "consolidated"
 
 
 def describe(checkpoint: Path) -> str:
     """What is about to be read: the layout, shard count and size on disk."""
-    step = step_folder(checkpoint)
-    if (step / "state").is_dir():
-        files = [f for f in (step / "state").iterdir() if f.is_file()]
+    step = layout.step_folder(checkpoint)
+    state = layout.state_path(step, sharded=layout.is_sharded(step))
+    if state.is_dir():
+        files = [f for f in state.iterdir() if f.is_file()]
         shards = sum(f.suffix == ".distcp" for f in files)
         return f"sharded FSDP checkpoint, {shards} shards, {mb(sum(f.stat().st_size for f in files))}"
-    if (step / "state.pth").is_file():
-        return f"single-file checkpoint, {mb((step / 'state.pth').stat().st_size)}"
+    if state.is_file():
+        return f"single-file checkpoint, {mb(state.stat().st_size)}"
     return "checkpoint"
 
 
 def progress(checkpoint: Path) -> str:
-    meta = read_training_metadata(step_folder(checkpoint))
+    meta = layout.read_training_metadata(layout.step_folder(checkpoint))
     parts = [f"step {meta['step']:,}"] if "step" in meta else []
     parts += [f"{meta['tokens_seen']:,} tokens seen"] if "tokens_seen" in meta else []
     return f" ({', '.join(parts)})" if parts else ""

@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from lit_gpt.checkpoint import check_output_folder, save_lit_folder
 from lit_gpt.convert import TORCH_DTYPES, load_hf_folder
+from lit_gpt.weights import check_output_folder, save_lit_folder
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -14,11 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from lit_gpt.checkpoint import (
-    check_output_folder, check_tokenizer_dir, find_config, find_tokenizer_dir, load_model_state, resolve_checkpoint,
-)
+from lit_gpt.checkpoint import find_config, load_model_state, resolve_checkpoint
 from lit_gpt.config import Config
 from lit_gpt.convert import TORCH_DTYPES, parse_size, save_hf_folder
+from lit_gpt.weights import check_output_folder, check_tokenizer_dir, find_tokenizer_dir
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -11,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from lit_gpt.evaluate import DEFAULT_TASKS, RESULTS_FILE, evaluate_checkpoint
+from lit_gpt.evaluate import DEFAULT_TASKS, evaluate_checkpoint
+from lit_gpt.layout import EVAL_RESULTS
 from lit_gpt.utils import first_line
 
 
@@ -47,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--include_path", type=Path, action="append", default=None,
                    help="folder of extra lm-eval task YAMLs (repeatable), e.g. tests/tasks or your offline copies")
     p.add_argument("--output", type=Path, default=None,
-                   help=f"results JSON path (default: {RESULTS_FILE} in the checkpoint folder, where the model card "
+                   help=f"results JSON path (default: {EVAL_RESULTS} in the checkpoint folder, where the model card "
                         "picks it up)")
     p.add_argument("--name", default=None, help="model name in the Markdown row (default: the checkpoint folder name)")
     return p.parse_args(argv)

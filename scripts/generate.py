@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 
-from lit_gpt.checkpoint import find_tokenizer_dir, load_model, resolve_checkpoint
+from lit_gpt.checkpoint import load_model, resolve_checkpoint
 from lit_gpt.convert import TORCH_DTYPES
 from lit_gpt.generate import check_sampling_args, timed_generate
 from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.weights import find_tokenizer_dir
 
 
 def parse_args(argv=None) -> argparse.Namespace:

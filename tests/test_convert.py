@@ -14,12 +14,10 @@ import pytest
 import torch
 
 from lit_gpt import GPT, Config
-from lit_gpt.checkpoint import (
-    consolidate, copy_tokenizer_files, find_config, find_tokenizer_dir, load_model, load_model_state,
-    save_lit_folder,
-)
+from lit_gpt.checkpoint import consolidate, find_config, load_model, load_model_state
 from lit_gpt.convert import hf_to_lit, lit_to_hf, load_hf_folder, parse_size, save_hf_folder
 from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.weights import copy_tokenizer_files, find_tokenizer_dir, save_lit_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = " ".join(f"The quick brown fox number {i} jumps over the lazy dog in year {1900 + i}." for i in range(300))
@@ -189,7 +187,7 @@ def tokenizer_jsons(tmp_path_factory, spm_dir):
     import sentencepiece as spm
     from tokenizers import Tokenizer as HF, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-    from lit_gpt.convert import sentencepiece_to_tokenizers
+    from lit_gpt.hf_tokenizer import sentencepiece_to_tokenizers
 
     d = tmp_path_factory.mktemp("tokenizers")
     model = d / "tokenizer.model"
@@ -247,7 +245,7 @@ def test_hf_export_tokenizes_like_lit_gpt(form, tokenizer_jsons, tmp_path):
     assert (hf.bos_token_id, hf.eos_token_id) == (exported.bos_id, exported.eos_id)
     bos = [] if exported.bos_id is None else [exported.bos_id]
     for text in TRICKY:
-        if "</s>" in text and kind == "unigram":  # the one known difference (see convert.SPECIAL_PIECES_TEXT)
+        if "</s>" in text and kind == "unigram":  # the one known difference (see hf_tokenizer.SPECIAL_PIECES_TEXT)
             continue
         ids = lit.encode(text)
         assert hf(text, add_special_tokens=False)["input_ids"] == ids, text
@@ -260,15 +258,15 @@ def test_hf_export_refuses_a_tokenizer_that_disagrees(tmp_path, spm_dir, monkeyp
     the tokenizer and the first text that differs; nothing is left behind."""
     from tokenizers import normalizers
 
-    import lit_gpt.convert as convert
+    import lit_gpt.hf_tokenizer as hf_tokenizer
 
     def without_dummy_prefix(path):
         tok = convert_spm(path)
         tok.normalizer = normalizers.Replace(" ", "▁")
         return tok
 
-    convert_spm = convert.sentencepiece_to_tokenizers
-    monkeypatch.setattr(convert, "sentencepiece_to_tokenizers", without_dummy_prefix)
+    convert_spm = hf_tokenizer.sentencepiece_to_tokenizers
+    monkeypatch.setattr(hf_tokenizer, "sentencepiece_to_tokenizers", without_dummy_prefix)
     model = random_gpt()
     save_lit_folder(model.state_dict(), model.config, tmp_path / "lit", tokenizer_dir=spm_dir)
     with pytest.raises(SystemExit) as e:
@@ -518,7 +516,7 @@ def test_lit_folder_disk_full_is_one_line(tmp_path, monkeypatch):
     import itertools
     import shutil
 
-    from lit_gpt.checkpoint import DiskFullError
+    from lit_gpt.integrity import DiskFullError
 
     model = random_gpt()
     usage = shutil.disk_usage(tmp_path)

@@ -43,7 +43,7 @@ def training_text_ids(tok: Tokenizer, n_tokens: int) -> torch.Tensor:
 def run_dir(tmp_path_factory) -> Path:
     """A training out_dir as the trainer lays it out: checkpoints/step-00000050/{state.pth, model_config.json} and
     the tokenizer files at the top, from a plain 50-step AdamW loop on the bundled sample text."""
-    from lit_gpt.checkpoint import copy_tokenizer_files
+    from lit_gpt.weights import copy_tokenizer_files
 
     tok = Tokenizer(TOKENIZER)
     data = training_text_ids(tok, 20000)

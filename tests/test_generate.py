@@ -118,7 +118,7 @@ def test_bad_sampling_args():
 
 @pytest.fixture
 def lit_folder(tmp_path):
-    from lit_gpt.checkpoint import save_lit_folder
+    from lit_gpt.weights import save_lit_folder
 
     config = Config.from_name("tiny", vocab_size=4096, init_std=0.3)  # the bundled tokenizer's vocabulary
     torch.manual_seed(0)

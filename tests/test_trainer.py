@@ -309,7 +309,7 @@ def test_lm_eval_during_training_logs_and_leaves_training_untouched(tiny_4096, t
     """--lm_eval_interval 2 (save_interval 2, 3 steps): the step-2 checkpoint is scored on tests/tasks/tiny_mc,
     the score lands in metrics.csv as lm_eval/tiny_mc and eval_results.json in that step folder; the per-step
     losses (step 3 comes after the evaluation) equal a run without it, bit for bit."""
-    from lit_gpt.evaluate import load_results
+    from lit_gpt.layout import load_results
 
     data, config = tiny_4096
     base = ["--max_steps", "3", "--save_interval", "2"]
@@ -413,7 +413,8 @@ def test_flipped_byte_is_caught_at_resume_consolidate_and_convert(tiny_data, tmp
     """One flipped bit in the middle of a saved state.pth (inside a weight): resuming, consolidating and exporting
     each stop with one line naming the damaged file (torch.load alone reads the garbage). A consolidated folder
     carries checksums too. A checkpoint without checksums.json (an older version's) loads with one warning."""
-    from lit_gpt.checkpoint import CHECKSUMS, consolidate, load_model_state
+    from lit_gpt.checkpoint import consolidate, load_model_state
+    from lit_gpt.layout import CHECKSUMS
 
     out = tmp_path / "out"
     run(tiny_args(tiny_data, out, "--max_steps", "3"))

@@ -77,7 +77,7 @@ class Checkpointer:
         removed."""
         from torch.distributed.checkpoint.api import CheckpointException
 
-        from lit_gpt.checkpoint import check_free_space, hash_files, state_nbytes, write_checksums
+        from lit_gpt.integrity import check_free_space, hash_files, state_nbytes, write_checksums
 
         fabric, rank = self.fabric, self.fabric.global_rank
         final = layout.step_dir(self.out_dir, step)
@@ -123,7 +123,7 @@ class Checkpointer:
     def _raise_save_error(self, error: Optional[BaseException], tmp: Path, need: int, failed_ranks: list[int]) -> None:
         """After a failed save on `failed_ranks`: remove the partial folder, then raise on every rank: one line when
         the disk is full, else the original error where it happened and a one-liner naming that rank elsewhere."""
-        from lit_gpt.checkpoint import disk_full_message, is_disk_full
+        from lit_gpt.integrity import disk_full_message, is_disk_full
 
         self._remove_partial_save(tmp)  # the previous checkpoints are untouched
         full = error is not None and is_disk_full(error, tmp.parent, need)
@@ -135,7 +135,7 @@ class Checkpointer:
 
     def verify(self, path: Path) -> None:
         """Checks the files against the checksums saved with them, each rank the files it wrote."""
-        from lit_gpt.checkpoint import verify_checksums
+        from lit_gpt.integrity import verify_checksums
 
         try:
             verify_checksums(path, self.fabric.global_rank, self.fabric.world_size, warn=self.fabric.print)

@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from lit_gpt.layout import LM_EVAL_LOG
+from lit_gpt.layout import EVAL_RESULTS, LM_EVAL_LOG, load_results
 from lit_gpt.training.args import TrainArgs
 from lit_gpt.training.processes import LAUNCHER_ENV
 from lit_gpt.utils import TrainError, format_duration
@@ -24,7 +24,7 @@ from lit_gpt.utils import TrainError, format_duration
 
 def check_lm_eval_args(args: TrainArgs) -> None:
     """Refuses a periodic lm-eval setup that would only fail hours into the run (no lm-eval, unknown task...)."""
-    from lit_gpt.checkpoint import has_tokenizer
+    from lit_gpt.weights import has_tokenizer
 
     if args.lm_eval_interval is None:
         return
@@ -76,8 +76,6 @@ def evaluate_step(fabric, args: TrainArgs, step_dir: Path, step: int, tokens_see
 def run_lm_eval_child(step_dir: Path, args: TrainArgs, device: torch.device) -> tuple[Optional[dict], Optional[str]]:
     """Runs `evaluate_checkpoint` on `step_dir` in a fresh single-process Python (launcher variables removed), its
     output logged to `step_dir/lm_eval.log`. Returns (report, None) or (None, the one-line error)."""
-    from lit_gpt.evaluate import RESULTS_FILE, load_results
-
     limit = args.lm_eval_limit
     kwargs = {"checkpoint": str(step_dir), "tasks": list(args.lm_eval_tasks), "num_fewshot": args.lm_eval_num_fewshot,
               "limit": int(limit) if limit is not None and limit >= 1 else limit,
@@ -93,7 +91,7 @@ def run_lm_eval_child(step_dir: Path, args: TrainArgs, device: torch.device) -> 
         lines = log.read_text(errors="replace").strip().splitlines()
         reason = lines[-1] if lines else f"exit status {proc.returncode}"
         return None, f"{reason.removeprefix('error: ')} (log: {log})"
-    return load_results(step_dir / RESULTS_FILE), None
+    return load_results(step_dir / EVAL_RESULTS), None
 
 
 def main() -> None:

@@ -135,20 +135,19 @@ class Trainer:
             raise TrainError(str(e)) from None
 
     def _load_init_weights(self, model: GPT) -> None:
-        from lit_gpt.checkpoint import check_state_dict, load_model_state
+        from lit_gpt.checkpoint import load_model_state
+        from lit_gpt.weights import check_state_dict, load_weights
 
         try:
             state_dict = load_model_state(self.args.init_checkpoint)
             check_state_dict(state_dict, self.config, self.args.init_checkpoint)
         except (FileNotFoundError, ValueError) as e:
             raise TrainError(str(e)) from None
-        if self.config.tie_embeddings:
-            state_dict["lm_head.weight"] = state_dict["embed.weight"]
-        model.load_state_dict(state_dict)
+        load_weights(model, state_dict)
         self.fabric.print(f"initialised weights from {self.args.init_checkpoint}")
 
     def _prepare_out_dir(self) -> None:
-        from lit_gpt.checkpoint import copy_tokenizer_files
+        from lit_gpt.weights import copy_tokenizer_files
 
         (self.out_dir / layout.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
         self.config.save(self.out_dir / layout.MODEL_CONFIG)
