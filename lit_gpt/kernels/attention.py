@@ -3,7 +3,7 @@
 "auto" (the default) picks, for fp16/bf16 CUDA inputs:
   - Hopper and newer (sm90+): PyTorch SDPA with cuDNN attention first in the priority list (then flash, then
     memory-efficient, so shapes cuDNN refuses fall through). On an H100, MicroLlama shape, cuDNN fwd+bwd took
-    20.4 ms per step against 31.4 ms for flash (`../shared/DESIGN.md`).
+    20.4 ms per step against 31.4 ms for flash (published peer measurements, H100 SXM, torch 2.11).
   - otherwise flash-attn 2 when it imports (GQA natively), else SDPA's own choice (flash on sm80+).
 GQA goes through `enable_gqa` without repeating k/v (flash and cuDNN take it natively since torch 2.8).
 `repeat_kv=True` repeats k/v to full heads first, for measuring whether a backend is faster that way.
