@@ -28,7 +28,8 @@ RESULT_TAG = "RESULT "
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("part", choices=["env", "kernels", "trainer"])
     p.add_argument("--tiny", action="store_true", help="the 'tiny' config on the CPU in float32 (a rehearsal)")
     p.add_argument("--steps", type=int, default=10, help="trainer: optimizer steps per run")

@@ -36,7 +36,8 @@ PLAN = {"environment": 10, "correctness": 75, "headline": 180, "capped": 90}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--out", type=Path, required=True, help="folder for quick.json and quick.md")
     p.add_argument("--budget", type=float, default=330,
                    help="seconds for everything: a row not started by then is reported as skipped, one still "
