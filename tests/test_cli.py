@@ -46,7 +46,8 @@ def test_argparse_clis_reject_abbreviations(monkeypatch, capsys):
         option = max((o for a in parser._actions for o in a.option_strings if o.startswith("--")), key=len)
         assert parser.allow_abbrev is False, script
         monkeypatch.undo()
-        required = [x for a in parser._actions if a.required for x in (a.option_strings[:1] or []) + ["x"]]
+        value = lambda action: next(iter(action.choices)) if action.choices else "x"  # noqa: E731
+        required = [x for a in parser._actions if a.required for x in (a.option_strings[:1] or []) + [value(a)]]
         with pytest.raises(SystemExit) as e:
             parser.parse_args([*required, option[:-1]])
         assert e.value.code == 2, script
