@@ -58,7 +58,8 @@ def launch(args: TrainArgs) -> None:
     strategy_name = args.strategy
     if strategy_name == "auto":
         strategy_name = "fsdp" if world_size > 1 else "single"
-    strategy = fabric_strategy(strategy_name, world_size, precision)
+    strategy = fabric_strategy(strategy_name, world_size, precision, _shard_size(args, strategy_name, n_local),
+                               args.reshard_after_forward)
 
     fabric = L.Fabric(accelerator=accelerator, devices=n_local, num_nodes=args.num_nodes, strategy=strategy,
                       precision=precision)
@@ -74,6 +75,17 @@ def _train_on_rank(fabric, args: TrainArgs, config: Config, block_size: int, str
         raise TrainError(
             f"out of memory on {fabric.device} with micro_batch_size {args.micro_batch_size} x block_size "
             f"{block_size}: lower --micro_batch_size or pass --activation_checkpointing true") from None
+
+
+def _shard_size(args: TrainArgs, strategy_name: str, n_local: int) -> Optional[int]:
+    """Processes per FSDP shard group: None (all of them) unless --fsdp_mode hybrid, where it defaults to a node."""
+    if args.fsdp_mode == "full":
+        if args.shard_size is not None:
+            raise TrainError(f"shard_size {args.shard_size} needs --fsdp_mode hybrid (full shards over every process)")
+        return None
+    if strategy_name != "fsdp":
+        raise TrainError(f"fsdp_mode hybrid needs --strategy fsdp (this run uses {strategy_name})")
+    return args.shard_size or n_local
 
 
 def _apply_fabric_run_env(args: TrainArgs) -> TrainArgs:

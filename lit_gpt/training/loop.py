@@ -24,7 +24,7 @@ from lit_gpt.training.checkpointer import Checkpointer, rng_state, set_rng_state
 from lit_gpt.training.lm_eval_hook import evaluate_step
 from lit_gpt.training.metrics import MetricsLogger
 from lit_gpt.training.optim import cosine_lr, make_optimizer, max_steps
-from lit_gpt.training.parallel import wrap_blocks
+from lit_gpt.training.parallel import describe_sharding, wrap_blocks
 from lit_gpt.training.processes import lock_folder
 from lit_gpt.training.speed_monitor import ThroughputMonitor, peak_flops
 from lit_gpt.utils import TrainError, format_duration
@@ -99,7 +99,8 @@ class Trainer:
         self.monitor = ThroughputMonitor(self.config.flops_per_token(self.block_size), fabric.world_size, peak)
         fabric.print(
             f"model {self.config.name}: {self.config.num_params() / 1e6:.2f}M parameters | strategy "
-            f"{self.strategy_name}, {fabric.world_size} processes ({args.num_nodes} node(s)), precision "
+            f"{self.strategy_name}{describe_sharding(self.model, args.reshard_after_forward)}, "
+            f"{fabric.world_size} processes ({args.num_nodes} node(s)), precision "
             f"{self.precision} | global batch {args.global_batch_size} = micro "
             f"{args.micro_batch_size} x {fabric.world_size} devices x {self.accum} accumulation | "
             f"{self.tokens_per_step} tokens/step, {self.max_steps} steps")
