@@ -2,11 +2,17 @@
 like full FSDP2 (per-step losses within float tolerance) and an HSDP checkpoint resumes."""
 
 import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from lit_gpt.layout import latest_checkpoint
-from test_train_multiprocess import args, data, launch  # noqa: F401 (data: the fixture)
+from test_train_multiprocess import (LONG, ROOT, args, command, data, free_port, launch,  # noqa: F401 (data)
+                                     signal_srun_tasks, stopped_at)
 from test_trainer import losses, run
 
 # 4 processes x micro batch 1 x accumulation 2 = global batch 8; checkpoints at steps 2 and 4
@@ -50,3 +56,84 @@ def test_sharding_options_are_checked_before_start(tmp_path, extra, message):
     with pytest.raises(SystemExit) as e:
         run(argv)
     assert str(e.value.code).startswith(f"error: {message}"), e.value.code
+
+
+TORCHRUN = str(Path(sys.executable).parent / "torchrun")
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_recipe_and_fabric_resumes_it(data, tmp_path):  # noqa: F811
+    """`torchrun --nproc_per_node 2 pretrain/debug.py` with the recipe's `--devices auto`: the launcher's counts
+    win, so it is one 2-process FSDP run (not two runs of one); its checkpoint resumes under Fabric's own launcher."""
+    out = tmp_path / "out"
+    argv = args(data, out, "--accelerator", "cpu", "--max_steps", "3", "--save_interval", "3")
+    proc = subprocess.run([TORCHRUN, "--nproc_per_node", "2", "--master_port", str(free_port()),
+                           str(ROOT / "pretrain" / "debug.py"), *argv], capture_output=True, text=True, timeout=240,
+                          cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "strategy fsdp, 2 processes (1 node(s))" in proc.stdout
+    resumed = launch([*argv, "--devices", "2", "--max_steps", "4", "--resume", "auto"])
+    assert resumed.returncode == 0 and "at step 3" in resumed.stdout, resumed.stderr[-3000:]
+    assert [s for s, _ in losses(out)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"TORCHELASTIC_RUN_ID": "x", "LOCAL_WORLD_SIZE": "4", "WORLD_SIZE": "8"}, (4, 2)),
+    ({"SLURM_NTASKS": "16", "SLURM_NNODES": "2", "SLURM_JOB_NAME": "train"}, (8, 2)),
+    ({}, ("auto", 1)),
+])
+def test_launcher_counts_win_over_the_recipes(monkeypatch, env, expected):
+    from lit_gpt.training.args import TrainArgs
+    from lit_gpt.training.launch import _apply_launcher_env
+
+    for key in [k for k in os.environ if k.startswith(("SLURM_", "TORCHELASTIC_"))]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    args_ = _apply_launcher_env(TrainArgs())
+    assert (args_.devices, args_.num_nodes) == expected
+
+
+SCONTROL = """#!/bin/sh
+# stands in for SLURM's scontrol: records its arguments, fails when told to
+echo "$@" >> "$SCONTROL_LOG"
+echo "scontrol: error: Requeue of JobId=$2 disabled" >&2
+exit "${SCONTROL_STATUS:-0}"
+"""
+
+
+def stand_in_scontrol(tmp_path: Path, status: int = 0) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(SCONTROL)
+    (bin_dir / "scontrol").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SCONTROL_LOG": str(tmp_path / "scontrol.log"),
+            "SCONTROL_STATUS": str(status)}
+
+
+@pytest.mark.slow
+def test_time_limit_signal_saves_requeues_once_and_exits_0(data, tmp_path):  # noqa: F811
+    """SLURM's warning before the time limit (`--signal=USR1@120`: SIGUSR1 to every task of the simulated srun):
+    both tasks stop after the same step, save it, rank 0 alone runs `scontrol requeue <job id>`, and both exit 0."""
+    env = stand_in_scontrol(tmp_path)
+    cmd = command(args(data, tmp_path / "out", "--accelerator", "cpu", *LONG, "--resume", "auto"))
+    assert signal_srun_tasks(cmd, tmp_path / "rank0.txt", signal.SIGUSR1, env) == [0, 0]
+    out = (tmp_path / "rank0.txt").read_text()
+    step = stopped_at(out, "SIGUSR1")
+    assert latest_checkpoint(tmp_path / "out").name == f"step-{step:08d}"
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 1\n"
+    assert "requeued SLURM job 1: it resumes from this checkpoint" in out
+
+
+def test_requeue_is_auto_under_slurm_and_a_refusal_is_one_line(tmp_path, monkeypatch):
+    from lit_gpt.training.processes import requeue_slurm_job, requeue_wanted
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert not requeue_wanted(None) and requeue_wanted(True)
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    assert requeue_wanted(None) and not requeue_wanted(False)
+    for key, value in stand_in_scontrol(tmp_path, status=1).items():
+        monkeypatch.setenv(key, value)
+    assert requeue_slurm_job() == ("could not requeue SLURM job 42 (scontrol: error: Requeue of JobId=42 disabled); "
+                                   "submit with --requeue, or resubmit it: it continues with --resume auto")
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 42\n"

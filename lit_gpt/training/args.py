@@ -109,6 +109,10 @@ class TrainArgs:
     """Where checkpoints, logs and the model config go."""
     resume: Optional[str] = None
     """'auto' (newest checkpoint in out_dir, if any) or a step folder / state file to continue from."""
+    requeue_on_timeout: Optional[bool] = None
+    """On SIGUSR1 (SLURM's warning before the time limit, `#SBATCH --signal=USR1@120`): save, then put the job back
+    in the queue with `scontrol requeue $SLURM_JOB_ID` (it must be submitted with --requeue and resume with --resume
+    auto). None: do so when running as a SLURM job."""
     log_interval: int = 10
     """Print and log metrics every this many optimizer steps."""
     eval_interval: int = 1000

@@ -37,7 +37,7 @@ def launch(args: TrainArgs) -> None:
     """Checks the arguments, builds the Fabric for the strategy and starts the processes; each runs `_train_on_rank`."""
     import lightning as L
 
-    args = _apply_fabric_run_env(args)
+    args = _apply_launcher_env(_apply_fabric_run_env(args))
     check_loggers(args.loggers)
     config = _model_config(args)
     block_size = args.block_size or config.block_size
@@ -116,6 +116,21 @@ def _apply_fabric_run_env(args: TrainArgs) -> TrainArgs:
     if env["precision"]:
         updates["precision"] = env["precision"]
     return replace(args, **updates)
+
+
+def _apply_launcher_env(args: TrainArgs) -> TrainArgs:
+    """Under torchrun or srun the launcher has started every process: its counts win over --devices/--num_nodes, so a
+    recipe runs unchanged under each (without this, `--devices auto` on CPUs would make each rank a run of its own)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        per_node, world = int(os.environ["LOCAL_WORLD_SIZE"]), int(os.environ["WORLD_SIZE"])
+    elif SLURMEnvironment.detect():
+        world = int(os.environ["SLURM_NTASKS"])
+        per_node = world // int(os.environ.get("SLURM_NNODES", "1"))
+    else:
+        return args
+    return replace(args, devices=per_node, num_nodes=world // per_node)
 
 
 def _num_devices(devices: Union[int, str], accelerator: str) -> int:
