@@ -137,3 +137,26 @@ def test_requeue_is_auto_under_slurm_and_a_refusal_is_one_line(tmp_path, monkeyp
     assert requeue_slurm_job() == ("could not requeue SLURM job 42 (scontrol: error: Requeue of JobId=42 disabled); "
                                    "submit with --requeue, or resubmit it: it continues with --resume auto")
     assert (tmp_path / "scontrol.log").read_text() == "requeue 42\n"
+
+
+def test_slurm_and_kubernetes_examples_parse(monkeypatch):
+    """The batch script is valid bash asking for the time-limit signal the trainer handles and a requeueable job; the
+    PyTorchJob is valid YAML; both training command lines are accepted by the recipe's parser."""
+    import shlex
+
+    import yaml
+
+    from lit_gpt.training.args import TrainArgs, parse_args
+
+    monkeypatch.chdir(ROOT)
+    sbatch = ROOT / "examples" / "slurm" / "tinyllama.sbatch"
+    assert subprocess.run(["bash", "-n", str(sbatch)]).returncode == 0
+    text = sbatch.read_text()
+    assert "#SBATCH --signal=USR1@120" in text and "#SBATCH --requeue" in text
+    srun = text[text.index("\nsrun "):].replace("\\\n", " ")
+    job = yaml.safe_load((ROOT / "examples" / "kubernetes" / "tinyllama-pytorchjob.yaml").read_text())
+    pod = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+    for argv in (shlex.split(srun, comments=True), pod["containers"][0]["command"]):
+        script = argv.index("pretrain/tinyllama.py")
+        parsed = parse_args(TrainArgs(), argv[script + 1:])
+        assert parsed.resume == "auto" and parsed.fsdp_mode == "hybrid" and parsed.model_name == "TinyLlama-1.1B"
