@@ -160,3 +160,49 @@ def test_slurm_and_kubernetes_examples_parse(monkeypatch):
         script = argv.index("pretrain/tinyllama.py")
         parsed = parse_args(TrainArgs(), argv[script + 1:])
         assert parsed.resume == "auto" and parsed.fsdp_mode == "hybrid" and parsed.model_name == "TinyLlama-1.1B"
+
+
+RECORD_BLOCKS = """# pretrain/debug.py (every rank) recording each block the loader reads: '<source> <first token>' per line
+import os, sys
+
+sys.path.insert(0, ROOT + "/pretrain")
+import lit_gpt.data.packed as packed
+
+read = packed._Blocks.__getitem__
+
+
+def record(self, key):
+    with open(os.path.join(LOG, f"blocks-{os.getpid()}.txt"), "a") as f:
+        f.write(f"{key[0]} {key[1]}\\n")
+    return read(self, key)
+
+
+packed._Blocks.__getitem__ = record
+from debug import DEFAULTS
+from lit_gpt.training import cli
+
+cli(DEFAULTS)
+"""
+
+
+@pytest.mark.slow
+def test_elastic_resume_2_to_1_to_4_processes_uses_each_block_once(data, tmp_path):  # noqa: F811
+    """FSDP2 checkpoints written by 2 processes resume on 1, whose checkpoint resumes on 4 (DCP reshards model and
+    optimizer): the 48 blocks read over the three runs are the first 48 of the epoch's order, each read once."""
+    from lit_gpt.data.packed import make_dataloader
+
+    wrapper = tmp_path / "record_blocks.py"
+    wrapper.write_text(RECORD_BLOCKS.replace("ROOT +", repr(str(ROOT)) + " +").replace("LOG,", repr(str(tmp_path)) + ","))
+    out = tmp_path / "out"
+    common = ["--accelerator", "cpu", "--strategy", "fsdp", "--save_interval", "2", "--resume", "auto"]
+    for before, devices, steps in [(None, 2, 2), (2, 1, 4), (1, 4, 6)]:  # 16 blocks each: global batch 8, 2 steps
+        run = launch(args(data, out, *common, "--devices", str(devices), "--max_steps", str(steps)), script=wrapper)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert f"{devices} processes" in run.stdout
+        assert before is None or f"written by {before} processes, resumed on {devices}" in run.stdout, run.stdout
+    keys = [line for path in tmp_path.glob("blocks-*.txt") for line in path.read_text().splitlines()]
+    assert len(keys) == 48 and len(set(keys)) == 48  # none read twice
+    plan = make_dataloader([(data, "train", 1.0)], 64, 1).plan
+    starts = sorted(int(k.split()[1]) // plan.block_len for k in keys)
+    assert starts == sorted(plan.orders[0].block(0, i) for i in range(48))  # none skipped
+    assert [s for s, _ in losses(out)] == list(range(1, 7))

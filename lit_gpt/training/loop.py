@@ -314,8 +314,11 @@ class Trainer:
                                               "tokens_seen": 0, "train_dataloader": None, "rng": None})
         rank = self.fabric.global_rank
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
-        self.train_loader.load_state_dict(state["train_dataloader"][rank])
-        set_rng_state(state["rng"][rank])
+        if len(state["rng"]) == self.fabric.world_size:
+            self.train_loader.load_state_dict(state["train_dataloader"][rank])
+            set_rng_state(state["rng"][rank])
+        else:  # another world size: any rank's loader state places every rank (all handed out the same count);
+            self.train_loader.load_state_dict(state["train_dataloader"][0])  # RNG streams stay as seeded
 
 
 def fault_injection(step: int, rank: int) -> None:
