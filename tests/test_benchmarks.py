@@ -57,3 +57,12 @@ def test_train_throughput_budget_skips_rows_and_still_prints_table(tmp_path):
     assert "| lit_gpt eager | 1 | skipped (--budget 0s used) |" in out
     assert "step breakdown skipped: --budget 0s used" in out
     assert '"skipped (--budget 0s used)"' in (tmp_path / "r.json").read_text()
+
+
+def test_comm_model_prints_the_tables_of_docs_scaling():
+    """docs/scaling.md's numbers are benchmarks/comm_model.py's output: every table row it prints is in the doc."""
+    out = run("comm_model.py")
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    assert len(rows) > 20 and "| TinyLlama-1.1B | 2x8 H100, 100 Gb/s per node | 8 |" in out
+    doc = (ROOT / "docs" / "scaling.md").read_text().splitlines()
+    assert [r for r in rows if r not in doc] == []

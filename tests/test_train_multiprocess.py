@@ -139,9 +139,9 @@ def start_fabric_run(argv: list[str], log: Path) -> subprocess.Popen:
     return start(command([*argv, *LONG], ["--accelerator", "cpu", "--devices", "2"]), log)
 
 
-def stopped_at(out: str) -> int:
-    assert "stopped by SIGTERM at step " in out, out[-3000:]
-    return int(out.split("stopped by SIGTERM at step ")[1].split(";")[0])
+def stopped_at(out: str, sig: str = "SIGTERM") -> int:
+    assert f"stopped by {sig} at step " in out, out[-3000:]
+    return int(out.split(f"stopped by {sig} at step ")[1].split(";")[0])
 
 
 def children(pid: int) -> list[int]:
@@ -205,26 +205,32 @@ def test_ranks_die_with_a_killed_launcher_and_the_out_dir_is_locked_meanwhile(da
 def test_sigterm_to_every_srun_task_saves_and_exits_0(data, tmp_path):
     """srun's way: one plain `python` process per rank (SLURM_* variables, no launcher process), and at scancel, the
     time limit or `--signal` SIGTERM to every task: both save the same step and exit 0."""
+    cmd = command(args(data, tmp_path / "out", "--accelerator", "cpu", "--devices", "2", *LONG))
+    assert signal_srun_tasks(cmd, tmp_path / "rank0.txt", signal.SIGTERM) == [0, 0]
+    step = stopped_at((tmp_path / "rank0.txt").read_text())
+    assert latest_checkpoint(tmp_path / "out").name == f"step-{step:08d}"
+
+
+def signal_srun_tasks(cmd: list[str], log: Path, sig: int, env_extra: dict[str, str] = {}) -> list[int]:
+    """Runs `cmd` as the 2 tasks of a simulated `srun` (SLURM_* variables, no launcher process; rank 0's output to
+    `log`), sends `sig` to both once step 1 is logged, as SLURM does, and returns their exit statuses."""
     port = str(free_port())
 
     def slurm(rank: int) -> dict[str, str]:
         return {"SLURM_JOB_ID": "1", "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2",
                 "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
-                "SLURM_NODELIST": "127.0.0.1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+                "SLURM_NODELIST": "127.0.0.1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, **env_extra}
 
-    cmd = command(args(data, tmp_path / "out", "--accelerator", "cpu", "--devices", "2", *LONG))
     tasks = [subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", **slurm(1)},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
-        tasks.append(start(cmd, tmp_path / "rank0.txt", slurm(0)))
+        tasks.append(start(cmd, log, slurm(0)))
         for task in tasks:
-            task.send_signal(signal.SIGTERM)
-        assert [task.wait(timeout=60) for task in tasks] == [0, 0]
+            task.send_signal(sig)
+        return [task.wait(timeout=60) for task in tasks]
     finally:
         for task in tasks:
             task.kill()
-    step = stopped_at((tmp_path / "rank0.txt").read_text())
-    assert latest_checkpoint(tmp_path / "out").name == f"step-{step:08d}"
 
 
 def test_errors_under_fabric_run_print_one_line(data, tmp_path):

@@ -5,8 +5,8 @@ File `{prefix}_{counter:010d}.bin` (bit-compatible with TinyLlama's): a 24-byte 
 except the last one of a stream, whose header holds its true length (never padded with fake tokens).
 
 The loader sees each source's chunks, in counter order, as one token stream cut into blocks of `block_size + 1`
-tokens. Which block comes next is a pure function of (seed, epoch, position), so the loader's state is a single
-count of samples handed out: resuming costs O(1) whatever the number of workers.
+tokens. Which block comes next is a pure function of (seed, epoch, position), so the loader's state is a count of
+samples handed out: resuming costs O(1) whatever the number of workers, also on another number of ranks.
 """
 
 from __future__ import annotations
@@ -82,13 +82,10 @@ class PackedDatasetWriter:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.prefix = prefix
-        self.chunk_size = chunk_size
-        self.vocab_size = vocab_size
+        self.prefix, self.chunk_size, self.vocab_size = prefix, chunk_size, vocab_size
         self.dtype = dtype_for_vocab(vocab_size)
         self.buffer = np.empty(chunk_size, dtype=self.dtype)
-        self.n_buffered = 0
-        self.counter = 0
+        self.n_buffered, self.counter = 0, 0
 
     def add_array(self, tokens: np.ndarray) -> None:
         tokens = np.asarray(tokens)
@@ -243,6 +240,7 @@ class MixPlan:
         self.round_size, self.seed = round_size, seed
         self.total_blocks = sum(self.n_blocks)
         self._round: Optional[tuple] = None
+        self.base, self.anchor = np.zeros(len(streams), np.int64), 0  # see PackedDataLoader.load_state_dict
 
     def __len__(self) -> int:
         """Samples this rank yields in one finite pass."""
@@ -263,18 +261,23 @@ class MixPlan:
                 s = int(np.searchsorted(bounds, g, side="right"))
                 yield s, (g - int(bounds[s] - self.n_blocks[s])) * self.block_len
             return
-        r, j = divmod(start, self.round_size)
-        counts = r * self.quotas + np.bincount(self._round_sources(r)[:j], minlength=len(self.quotas))
+        counts, anchored = self.counts(start), self.counts(self.anchor)
         k = start
         while True:
             r, j = divmod(k, self.round_size)
             s = int(self._round_sources(r)[j])
-            position = int(counts[s]) * self.world_size + self.rank
+            position = int(self.base[s] + (counts[s] - anchored[s]) * self.world_size) + self.rank
             counts[s] += 1
             epoch, i = divmod(position, self.n_blocks[s])
             block = self.orders[s].block(epoch, i) if self.shuffle else i
             yield s, block * self.block_len
             k += 1
+
+
+    def counts(self, k: int) -> np.ndarray:
+        """Samples of each source among every rank's first k (the same on all ranks)."""
+        r, j = divmod(k, self.round_size)
+        return r * self.quotas + np.bincount(self._round_sources(r)[:j], minlength=len(self.quotas))
 
 
 def quotas(weights: Sequence[float], round_size: int) -> np.ndarray:
@@ -366,14 +369,16 @@ class PackedDataLoader:
         }
 
     def state_dict(self) -> dict:
-        return {"version": 1, "samples_seen": self.samples_seen, "world_size": self.world_size, **self._identity()}
+        return {"version": 1, "samples_seen": self.samples_seen, "world_size": self.world_size, **self._identity(),
+                "base": self.plan.base.tolist(), "anchor": self.plan.anchor}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("world_size") != self.world_size:
-            raise ValueError(
-                f"loader state was saved with world_size={state.get('world_size')}, this run has world_size="
-                f"{self.world_size}: resuming would repeat or skip data; keep the world size or start the data afresh"
-            )
+        """Any rank's state (all ranks hand out the same number of samples), also of a run with another world size:
+        then each source's stream continues after the positions all the old ranks used, none repeated or skipped."""
+        plan, saved_world, seen = self.plan, int(state["world_size"]), int(state["samples_seen"])
+        base, anchor = np.array(state.get("base", [0] * len(self.streams)), np.int64), int(state.get("anchor", 0))
+        if saved_world != self.world_size:
+            base, anchor = base + (plan.counts(seen) - plan.counts(anchor)) * saved_world, seen
         mine = self._identity()
         for key, value in mine.items():
             saved = state.get(key)
@@ -381,7 +386,7 @@ class PackedDataLoader:
                 saved = [tuple(s) for s in saved]
             if saved != value:
                 raise ValueError(f"loader state was saved with {key}={saved}, this loader has {key}={value}")
-        self.samples_seen = int(state["samples_seen"])
+        self.samples_seen, plan.base, plan.anchor = seen, base, anchor
 
 
 def make_dataloader(sources: Sequence[tuple], block_size: int, batch_size: int, seed: int = 42, rank: int = 0,

@@ -91,6 +91,14 @@ class TrainArgs:
     """Number of machines (each runs devices processes)."""
     strategy: Literal["auto", "fsdp", "ddp", "single"] = "auto"
     """auto: fsdp with several devices, else single."""
+    fsdp_mode: Literal["full", "hybrid"] = "full"
+    """fsdp: full shards every parameter over all processes; hybrid (HSDP) shards within a group of shard_size
+    processes (a node) and replicates across groups, so only gradients cross the slower links between nodes."""
+    shard_size: Optional[int] = None
+    """With fsdp_mode hybrid: processes per shard group (default: devices per node)."""
+    reshard_after_forward: bool = True
+    """fsdp: free the gathered parameters after each Block's forward and gather them again for its backward (less
+    memory); false keeps them until the backward (ZeRO-2 style: a third less parameter traffic, more memory)."""
     precision: Optional[str] = None
     """Fabric precision (default: bf16-mixed on GPU, 32-true on CPU)."""
     seed: int = 42
@@ -101,6 +109,10 @@ class TrainArgs:
     """Where checkpoints, logs and the model config go."""
     resume: Optional[str] = None
     """'auto' (newest checkpoint in out_dir, if any) or a step folder / state file to continue from."""
+    requeue_on_timeout: Optional[bool] = None
+    """On SIGUSR1 (SLURM's warning before the time limit, `#SBATCH --signal=USR1@120`): save, then put the job back
+    in the queue with `scontrol requeue $SLURM_JOB_ID` (it must be submitted with --requeue and resume with --resume
+    auto). None: do so when running as a SLURM job."""
     log_interval: int = 10
     """Print and log metrics every this many optimizer steps."""
     eval_interval: int = 1000

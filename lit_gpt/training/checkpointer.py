@@ -66,9 +66,10 @@ class Checkpointer:
             kind = "sharded (fsdp)" if layout.is_sharded(path) else "single-file (ddp/single)"
             raise TrainError(f"{path}: checkpoint is {kind} but this run uses strategy {self.strategy_name}; "
                              f"resume with the same strategy")
-        if meta.get("world_size", self.fabric.world_size) != self.fabric.world_size:
-            raise TrainError(f"{path}: checkpoint was written by {meta['world_size']} processes but this run has "
-                             f"{self.fabric.world_size}; resume with the same number of devices x nodes")
+        saved_world = meta.get("world_size", self.fabric.world_size)
+        if saved_world != self.fabric.world_size:  # elastic resume: see Trainer._load_checkpoint
+            self.fabric.print(f"{path}: written by {saved_world} processes, resumed on {self.fabric.world_size}: "
+                              f"model and optimizer resharded, the data continues where all {saved_world} stopped")
 
     def save(self, step: int, state: dict[str, Any], config: Config) -> Path:
         """Writes `state` (modules and optimizers are saved through Fabric) as the step folder of `step`: first as

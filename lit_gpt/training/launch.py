@@ -37,7 +37,7 @@ def launch(args: TrainArgs) -> None:
     """Checks the arguments, builds the Fabric for the strategy and starts the processes; each runs `_train_on_rank`."""
     import lightning as L
 
-    args = _apply_fabric_run_env(args)
+    args = _apply_launcher_env(_apply_fabric_run_env(args))
     check_loggers(args.loggers)
     config = _model_config(args)
     block_size = args.block_size or config.block_size
@@ -58,7 +58,8 @@ def launch(args: TrainArgs) -> None:
     strategy_name = args.strategy
     if strategy_name == "auto":
         strategy_name = "fsdp" if world_size > 1 else "single"
-    strategy = fabric_strategy(strategy_name, world_size, precision)
+    strategy = fabric_strategy(strategy_name, world_size, precision, _shard_size(args, strategy_name, n_local),
+                               args.reshard_after_forward)
 
     fabric = L.Fabric(accelerator=accelerator, devices=n_local, num_nodes=args.num_nodes, strategy=strategy,
                       precision=precision)
@@ -74,6 +75,17 @@ def _train_on_rank(fabric, args: TrainArgs, config: Config, block_size: int, str
         raise TrainError(
             f"out of memory on {fabric.device} with micro_batch_size {args.micro_batch_size} x block_size "
             f"{block_size}: lower --micro_batch_size or pass --activation_checkpointing true") from None
+
+
+def _shard_size(args: TrainArgs, strategy_name: str, n_local: int) -> Optional[int]:
+    """Processes per FSDP shard group: None (all of them) unless --fsdp_mode hybrid, where it defaults to a node."""
+    if args.fsdp_mode == "full":
+        if args.shard_size is not None:
+            raise TrainError(f"shard_size {args.shard_size} needs --fsdp_mode hybrid (full shards over every process)")
+        return None
+    if strategy_name != "fsdp":
+        raise TrainError(f"fsdp_mode hybrid needs --strategy fsdp (this run uses {strategy_name})")
+    return args.shard_size or n_local
 
 
 def _apply_fabric_run_env(args: TrainArgs) -> TrainArgs:
@@ -104,6 +116,21 @@ def _apply_fabric_run_env(args: TrainArgs) -> TrainArgs:
     if env["precision"]:
         updates["precision"] = env["precision"]
     return replace(args, **updates)
+
+
+def _apply_launcher_env(args: TrainArgs) -> TrainArgs:
+    """Under torchrun or srun the launcher has started every process: its counts win over --devices/--num_nodes, so a
+    recipe runs unchanged under each (without this, `--devices auto` on CPUs would make each rank a run of its own)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        per_node, world = int(os.environ["LOCAL_WORLD_SIZE"]), int(os.environ["WORLD_SIZE"])
+    elif SLURMEnvironment.detect():
+        world = int(os.environ["SLURM_NTASKS"])
+        per_node = world // int(os.environ.get("SLURM_NNODES", "1"))
+    else:
+        return args
+    return replace(args, devices=per_node, num_nodes=world // per_node)
 
 
 def _num_devices(devices: Union[int, str], accelerator: str) -> int:

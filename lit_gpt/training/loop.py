@@ -24,8 +24,8 @@ from lit_gpt.training.checkpointer import Checkpointer, rng_state, set_rng_state
 from lit_gpt.training.lm_eval_hook import evaluate_step
 from lit_gpt.training.metrics import MetricsLogger
 from lit_gpt.training.optim import cosine_lr, make_optimizer, max_steps
-from lit_gpt.training.parallel import wrap_blocks
-from lit_gpt.training.processes import lock_folder
+from lit_gpt.training.parallel import describe_sharding, wrap_blocks
+from lit_gpt.training.processes import lock_folder, requeue_slurm_job, requeue_wanted
 from lit_gpt.training.speed_monitor import ThroughputMonitor, peak_flops
 from lit_gpt.utils import TrainError, format_duration
 
@@ -44,6 +44,7 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.stop_signal: Optional[str] = None
+        self.time_limit = False  # the stop came from SIGUSR1, SLURM's warning before the time limit (any rank's)
         self._stop_group = self._stop_work = self._stop_flag = None  # see _stop_requested
 
     # ---- setup ----
@@ -99,7 +100,8 @@ class Trainer:
         self.monitor = ThroughputMonitor(self.config.flops_per_token(self.block_size), fabric.world_size, peak)
         fabric.print(
             f"model {self.config.name}: {self.config.num_params() / 1e6:.2f}M parameters | strategy "
-            f"{self.strategy_name}, {fabric.world_size} processes ({args.num_nodes} node(s)), precision "
+            f"{self.strategy_name}{describe_sharding(self.model, args.reshard_after_forward)}, "
+            f"{fabric.world_size} processes ({args.num_nodes} node(s)), precision "
             f"{self.precision} | global batch {args.global_batch_size} = micro "
             f"{args.micro_batch_size} x {fabric.world_size} devices x {self.accum} accumulation | "
             f"{self.tokens_per_step} tokens/step, {self.max_steps} steps")
@@ -203,6 +205,9 @@ class Trainer:
         if self.logger is not None:
             self.logger.close()
         fabric.barrier()
+        # last: requeueing makes SLURM end this job (SIGTERM, then SIGKILL) while the queue holds it again
+        if self.time_limit and fabric.global_rank == 0 and requeue_wanted(args.requeue_on_timeout):
+            print(requeue_slurm_job(), flush=True)
 
     def _check_tokens(self, batch: torch.Tensor) -> torch.Tensor:
         """Token ids beyond the vocabulary would crash the embedding with an opaque IndexError (or a CUDA assert)."""
@@ -268,24 +273,27 @@ class Trainer:
         def handler(signum, frame):  # only set a flag: the loop acts on it at the step boundary, on every rank
             self.stop_signal = signal.Signals(signum).name
 
-        return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
 
     def _stop_requested(self) -> bool:
-        """True on every rank, after the same step, when any rank got SIGTERM/SIGINT: at most one step after the
-        signal's own step, whatever log_interval is, so the checkpoint is written inside a launcher's grace period.
-        Each step's flag is all-reduced on a CPU (gloo) group without waiting; the next step waits for it, long done
-        by then: no device tensor, no GPU sync, no stall on the other ranks."""
+        """True on every rank, after the same step, when any rank got SIGTERM/SIGINT/SIGUSR1: at most one step after
+        the signal's own step, whatever log_interval is, so the checkpoint is written inside a launcher's grace
+        period. Each step's flag (2 for SIGUSR1, which also sets `time_limit`) is all-reduced on a CPU (gloo) group
+        without waiting; the next step waits for it, long done by then: no device tensor, no GPU sync, no stall on
+        the other ranks."""
         import torch.distributed as dist
 
+        code = 0.0 if self.stop_signal is None else 2.0 if self.stop_signal == "SIGUSR1" else 1.0
         if self.fabric.world_size == 1:
-            return self.stop_signal is not None
+            self.time_limit = code == 2
+            return code > 0
         if self._stop_group is None:
             self._stop_group = dist.new_group(backend="gloo")
         stop = False
         if self._stop_work is not None:
             self._stop_work.wait()
-            stop = bool(self._stop_flag.item() > 0)
-        self._stop_flag = torch.tensor([float(self.stop_signal is not None)])
+            stop, self.time_limit = bool(self._stop_flag.item() > 0), bool(self._stop_flag.item() == 2)
+        self._stop_flag = torch.tensor([code])
         self._stop_work = dist.all_reduce(self._stop_flag, op=dist.ReduceOp.MAX, group=self._stop_group,
                                           async_op=True)
         return stop
@@ -305,8 +313,11 @@ class Trainer:
                                               "tokens_seen": 0, "train_dataloader": None, "rng": None})
         rank = self.fabric.global_rank
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
-        self.train_loader.load_state_dict(state["train_dataloader"][rank])
-        set_rng_state(state["rng"][rank])
+        if len(state["rng"]) == self.fabric.world_size:
+            self.train_loader.load_state_dict(state["train_dataloader"][rank])
+            set_rng_state(state["rng"][rank])
+        else:  # another world size: any rank's loader state places every rank (all handed out the same count);
+            self.train_loader.load_state_dict(state["train_dataloader"][0])  # RNG streams stay as seeded
 
 
 def fault_injection(step: int, rank: int) -> None:

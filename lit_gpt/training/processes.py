@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import os
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import IO
@@ -67,3 +68,26 @@ def first_to_report(message: str) -> bool:
         except Exception:  # the store lives in a process that may be gone already: rather twice than never
             return True
     return os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")) in ("0", "")
+
+
+def requeue_wanted(option: "bool | None") -> bool:
+    """--requeue_on_timeout: true, false, or None (auto): requeue when running as a SLURM job."""
+    return "SLURM_JOB_ID" in os.environ if option is None else option
+
+
+def requeue_slurm_job() -> str:
+    """Puts this SLURM job back in the queue (`scontrol requeue $SLURM_JOB_ID`; SLURM ends the running job), so that
+    it starts again and resumes from the checkpoint just saved. Returns the line to print; a failure (a job
+    submitted without --requeue, no scontrol) is that line, not an error: the checkpoint is saved either way."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if job is None:
+        return "not requeued: SLURM_JOB_ID is not set (not a SLURM job); continue with --resume auto"
+    try:
+        proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=120)
+        problem = None if proc.returncode == 0 else (proc.stderr or proc.stdout).strip() or f"status {proc.returncode}"
+    except (OSError, subprocess.TimeoutExpired) as e:
+        problem = str(e)
+    if problem is not None:
+        return (f"could not requeue SLURM job {job} ({problem}); submit with --requeue, or resubmit it: it continues "
+                f"with --resume auto")
+    return f"requeued SLURM job {job}: it resumes from this checkpoint when it starts again"
