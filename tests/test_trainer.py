@@ -16,7 +16,7 @@ from lit_gpt.layout import latest_checkpoint
 from lit_gpt.training import TrainArgs, cli
 from lit_gpt.training.args import parse_args
 from lit_gpt.training.metrics import read_metrics
-from lit_gpt.training.optim import cosine_lr
+from lit_gpt.training.optim import cosine_lr, wsd_lr
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -181,6 +181,37 @@ def test_cosine_lr_schedule():
     assert lrs[10] == pytest.approx(4e-4) and lrs[60] == pytest.approx((4e-4 + 4e-5) / 2)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] > 4e-5
     assert cosine_lr(110, 4e-4, 4e-5, 10, 110) == 4e-5
+
+
+def test_wsd_lr_schedule():
+    """Warm-up 10, constant until step 80, then (1 - sqrt) or linear down to min_lr at step 100."""
+    lrs = [wsd_lr(s, 4e-4, 4e-5, 10, 100, 80) for s in range(101)]
+    assert lrs[0] == pytest.approx(4e-5) and lrs[9] == pytest.approx(4e-4)
+    assert all(lr == 4e-4 for lr in lrs[10:81])  # stable: exactly the peak, up to and including the decay's start
+    assert lrs[85] == pytest.approx(4e-5 + 3.6e-4 * (1 - 0.5))  # a quarter of the decay: 1 - sqrt(0.25)
+    assert all(a > b for a, b in zip(lrs[80:100], lrs[81:101])) and lrs[100] == pytest.approx(4e-5)
+    linear = [wsd_lr(s, 4e-4, 4e-5, 10, 100, 80, "linear") for s in range(101)]
+    assert linear[:81] == lrs[:81] and linear[90] == pytest.approx((4e-4 + 4e-5) / 2)
+    assert all(lin > sq for lin, sq in zip(linear[81:100], lrs[81:100]))  # 1 - sqrt drops faster at first
+    assert wsd_lr(150, 4e-4, 4e-5, 10, 100, 80) == pytest.approx(4e-5)
+
+
+def test_wsd_decay_from_a_stable_checkpoint(tiny_data, tmp_path):
+    """A wsd run's stable-phase checkpoint, resumed into a new out_dir with --decay_start_step and a shorter
+    --max_steps, finishes a model: the lr follows the stable run up to the branch point, then decays to min_lr."""
+    common = ["--lr_schedule", "wsd", "--max_steps", "20", "--save_interval", "4"]
+    run(tiny_args(tiny_data, tmp_path / "long", *common))
+    long = {int(r["step"]): r["lr"] for r in read_metrics(tmp_path / "long" / "metrics.csv") if r["lr"] is not None}
+    last = 1e-3 + 9e-3 * (1 - 0.75**0.5)  # the last step (0-based 19) is 3/4 into the decay (steps 16..20)
+    assert long[5] == long[17] == 1e-2 and long[18] < 1e-2 and long[20] == pytest.approx(last)  # logged step = i + 1
+    branch = tmp_path / "long" / "checkpoints" / "step-00000008"
+    run(tiny_args(tiny_data, tmp_path / "short", *common, "--resume", str(branch), "--decay_start_step", "8",
+                  "--max_steps", "12"))
+    short = [(r["step"], r["lr"]) for r in read_metrics(tmp_path / "short" / "metrics.csv") if r["lr"] is not None]
+    assert [s for s, _ in short] == [9, 10, 11, 12] and short[0][1] == 1e-2 and short[-1][1] == pytest.approx(last)
+    assert losses(tmp_path / "short")[0] == losses(tmp_path / "long")[8]  # step 9: same weights, data and lr
+    expect_error(tiny_args(tiny_data, tmp_path / "bad", "--lr_schedule", "wsd", "--decay_start_step", "6"),
+                 "wsd decay would start at step 6", "max_steps 6")
 
 
 def test_cli_yaml_and_overrides(tmp_path):
