@@ -113,18 +113,23 @@ def test_debug_model_learns_on_sample_corpus_and_logs_throughput(tmp_path):
     assert model.config.name == "debug"
 
 
-def test_sigterm_saves_and_resume_is_exact(tiny_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_sigterm_saves_and_resume_is_exact(tiny_data, tmp_path, monkeypatch, optimizer):
     """SIGTERM after step 4 -> checkpoint at step 4 and a clean return; resuming gives the uninterrupted run's
-    per-step losses bit for bit and the same final weights."""
+    per-step losses bit for bit and the same final weights (Muon: its momentum buffers too)."""
     from lit_gpt.checkpoint import load_model_state
 
-    run(tiny_args(tiny_data, tmp_path / "a", "--global_batch_size", "8"))
+    common = ["--global_batch_size", "8", "--optimizer", optimizer]
+    run(tiny_args(tiny_data, tmp_path / "a", *common))
     monkeypatch.setenv("LIT_GPT_SIGTERM_AFTER_STEP", "4")
-    run(tiny_args(tiny_data, tmp_path / "b", "--global_batch_size", "8", "--save_interval", "100"))
+    run(tiny_args(tiny_data, tmp_path / "b", *common, "--save_interval", "100"))
     monkeypatch.delenv("LIT_GPT_SIGTERM_AFTER_STEP")
     assert latest_checkpoint(tmp_path / "b").name == "step-00000004"
     assert losses(tmp_path / "b")[-1][0] == 4
-    run(tiny_args(tiny_data, tmp_path / "b", "--global_batch_size", "8", "--resume", "auto"))
+    other = "adamw" if optimizer == "muon" else "muon"
+    expect_error(tiny_args(tiny_data, tmp_path / "b", *common, "--resume", "auto", "--optimizer", other),
+                 f"holds {optimizer} optimizer state but this run uses --optimizer {other}")
+    run(tiny_args(tiny_data, tmp_path / "b", *common, "--resume", "auto"))
     assert losses(tmp_path / "a") == losses(tmp_path / "b") and len(losses(tmp_path / "a")) == 6
     wa, wb = load_model_state(tmp_path / "a"), load_model_state(tmp_path / "b")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -135,6 +140,15 @@ def test_sigterm_saves_and_resume_is_exact(tiny_data, tmp_path, monkeypatch):
     assert torch.equal(ra["torch"], rb["torch"]) and ra["python"] == rb["python"] and ra["numpy"] == rb["numpy"]
     oa, ob = (s["optimizer"]["state"] for s in (sa, sb))
     assert oa.keys() == ob.keys() and all(torch.equal(oa[i][k], ob[i][k]) for i in oa for k in oa[i])
+    kinds = {k for i in oa for k in oa[i]}
+    assert kinds == ({"step", "exp_avg", "exp_avg_sq", "momentum_buffer"} if optimizer == "muon"
+                     else {"step", "exp_avg", "exp_avg_sq"})
+    # consolidation keeps the weights only, whatever the optimizer
+    from lit_gpt.checkpoint import consolidate
+
+    consolidate(tmp_path / "b", tmp_path / "lit")
+    wc = load_model_state(tmp_path / "lit")
+    assert wc.keys() == wb.keys() and all(torch.equal(wc[k], wb[k]) for k in wb)
 
 
 def test_keep_last_k_and_unfinished_checkpoint_ignored(tiny_data, tmp_path):

@@ -78,7 +78,7 @@ class Trainer:
         resume_path = self.checkpointer.resume_path(args.resume)
         if resume_path is not None:
             self.checkpointer.verify(resume_path)
-            self.checkpointer.check_compatible(resume_path, self.config)
+            self.checkpointer.check_compatible(resume_path, self.config, args.optimizer)
 
         with fabric.init_module(empty_init=False):
             model = GPT(self.config, kernels=args.kernels)
@@ -295,7 +295,8 @@ class Trainer:
         gather = self.checkpointer.gather
         return {"model": self.model, "optimizer": self.optimizer, "step": self.step, "tokens_seen": self.tokens_seen,
                 "train_dataloader": gather(self.train_loader.state_dict()), "rng": gather(rng_state()),
-                "world_size": self.fabric.world_size, "model_config": self.config.to_dict()}
+                "world_size": self.fabric.world_size, "model_config": self.config.to_dict(),
+                "optimizer_name": self.args.optimizer}
 
     def save_checkpoint(self) -> Path:
         return self.checkpointer.save(self.step, self._state(), self.config)

@@ -79,11 +79,25 @@ def max_steps(args: TrainArgs, tokens_per_step: int) -> int:
 
 
 def make_optimizer(model: nn.Module, args: TrainArgs, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with weight decay on the matrices only; norms and the embedding too when decay_norms_and_embeddings."""
+    """AdamW with weight decay on the matrices only; norms and the embedding too when decay_norms_and_embeddings.
+    --optimizer muon: the Blocks' matrices go to Muon instead (training/muon.py), the rest stays with AdamW."""
+    named = list(model.named_parameters())
+    muon_groups = []
+    if args.optimizer == "muon":
+        from lit_gpt.training.muon import muon_param_groups
+
+        named, muon_groups = muon_param_groups(model)
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for name, p in named:
         exempt = p.ndim < 2 or name.startswith("embed.")
         (no_decay if exempt and not args.decay_norms_and_embeddings else decay).append(p)
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.beta1, args.beta2),
-                             fused=device.type == "cuda")
+    adamw = dict(lr=args.learning_rate, betas=(args.beta1, args.beta2), fused=device.type == "cuda")
+    if args.optimizer == "muon":
+        from lit_gpt.training.muon import MuonAdamW
+
+        return MuonAdamW(groups, muon_groups, muon_lr=args.muon_lr or args.learning_rate,
+                         muon_weight_decay=args.weight_decay if args.muon_weight_decay is None
+                         else args.muon_weight_decay,
+                         muon_momentum=args.muon_momentum, adjust_lr_fn=args.muon_adjust_lr, **adamw)
+    return torch.optim.AdamW(groups, **adamw)
