@@ -3,6 +3,11 @@ on the other Block matrices, AdamW's on the rest. Training runs (resume, FSDP vs
 and test_train_multiprocess.py."""
 
 import copy
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,3 +75,56 @@ def test_update_equals_torch_muon_per_block_and_adamw(adjust):
     for (name, p), ref in zip(model.named_parameters(), reference.parameters()):
         expected = torch.cat([b.detach() for b in blocks[name]]) if name in blocks else ref.detach()
         torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-7, msg=name)
+
+
+def _fsdp_rank(rank: int, port: int) -> None:
+    """One of 2 gloo processes: the tiny model under FSDP2 (every matrix sharded by rows) and an unsharded copy,
+    three steps of the same random gradients each: the gathered parameters and momentum buffers must equal the
+    unsharded ones bit for bit (the orthogonalization sees the same whole matrix; the rest is elementwise)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import distribute_tensor
+
+    args = TrainArgs(optimizer="muon", learning_rate=1e-2, min_lr=1e-3, muon_lr=3e-2, warmup_steps=2)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)  # the same model and gradients on both ranks
+        model = GPT(Config.from_name("tiny"))
+        reference = copy.deepcopy(model)
+        grads = [[torch.randn_like(p) for p in model.parameters()] for _ in range(3)]
+        mesh = init_device_mesh("cpu", (2,))
+        for block in model.blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        opt, ref_opt = (make_optimizer(m, args, torch.device("cpu")) for m in (model, reference))
+        for step, step_grads in enumerate(grads):
+            for o in (opt, ref_opt):
+                set_learning_rates(o, step, args, max_steps=3)
+            for p, ref, g in zip(model.parameters(), reference.parameters(), step_grads):
+                p.grad = distribute_tensor(g, mesh, p.placements, src_data_rank=None)
+                ref.grad = g.clone()
+            opt.step()
+            ref_opt.step()
+        for (name, p), ref in zip(model.named_parameters(), reference.parameters()):
+            assert torch.equal(p.full_tensor(), ref), name
+            buf = opt.state[p].get("momentum_buffer")
+            assert buf is None or torch.equal(buf.full_tensor(), ref_opt.state[ref]["momentum_buffer"]), name
+        assert sum("momentum_buffer" in s for s in opt.state.values()) == 8  # 4 matrices x 2 blocks
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_fsdp_sharded_update_equals_the_unsharded_one_bit_for_bit():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, "-c", f"import test_muon; test_muon._fsdp_rank({rank}, {port})"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in (0, 1)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outputs)
