@@ -66,3 +66,25 @@ def test_comm_model_prints_the_tables_of_docs_scaling():
     assert len(rows) > 20 and "| TinyLlama-1.1B | 2x8 H100, 100 Gb/s per node | 8 |" in out
     doc = (ROOT / "docs" / "scaling.md").read_text().splitlines()
     assert [r for r in rows if r not in doc] == []
+
+
+def test_tokens_to_loss_interpolates_between_evaluations_and_tabulates():
+    from benchmarks.tokens_to_loss import table, tokens_to
+
+    curve = [(100, 8.0), (200, 6.0), (300, 5.0)]
+    assert tokens_to(curve, 8.5) == 100 and tokens_to(curve, 5.5) == 250 and tokens_to(curve, 4.0) is None
+    curves = {("adamw", "cosine"): [curve, [(100, 8.0), (200, 6.0), (300, 5.2)]],
+              ("muon", "wsd"): [[(100, 7.0), (200, 5.1), (300, 4.9)], [(100, 7.0), (200, 5.5), (300, 5.3)]]}
+    text = table(curves, 5.1)
+    assert "| adamw+cosine | 1/2 | 290 | 1.00 | 5.1000 (5.0000-5.2000) |" in text
+    assert "| muon+wsd | 1/2 | 200 | 0.69 | 5.1000 (4.9000-5.3000) |" in text
+
+
+@pytest.mark.slow
+def test_tokens_to_loss_runs_every_arm_through_the_trainer(tmp_path):
+    out = run("tokens_to_loss.py", "--steps", "4", "--warmup", "1", "--eval-interval", "2", "--eval-iters", "1",
+              "--block-size", "32", "--batch", "2", "--micro-batch", "2", "--seeds", "1", "--work-dir",
+              str(tmp_path), "--md", str(tmp_path / "t.md"), "--plot", str(tmp_path / "p.png"), timeout=600)
+    for arm in ("adamw+cosine", "adamw+wsd", "muon+cosine", "muon+wsd"):
+        assert f"| {arm} | " in out
+    assert (tmp_path / "t.md").read_text().strip() in out and (tmp_path / "p.png").stat().st_size > 0

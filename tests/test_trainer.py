@@ -16,7 +16,7 @@ from lit_gpt.layout import latest_checkpoint
 from lit_gpt.training import TrainArgs, cli
 from lit_gpt.training.args import parse_args
 from lit_gpt.training.metrics import read_metrics
-from lit_gpt.training.optim import cosine_lr
+from lit_gpt.training.optim import cosine_lr, wsd_lr
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,18 +113,23 @@ def test_debug_model_learns_on_sample_corpus_and_logs_throughput(tmp_path):
     assert model.config.name == "debug"
 
 
-def test_sigterm_saves_and_resume_is_exact(tiny_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_sigterm_saves_and_resume_is_exact(tiny_data, tmp_path, monkeypatch, optimizer):
     """SIGTERM after step 4 -> checkpoint at step 4 and a clean return; resuming gives the uninterrupted run's
-    per-step losses bit for bit and the same final weights."""
+    per-step losses bit for bit and the same final weights (Muon: its momentum buffers too)."""
     from lit_gpt.checkpoint import load_model_state
 
-    run(tiny_args(tiny_data, tmp_path / "a", "--global_batch_size", "8"))
+    common = ["--global_batch_size", "8", "--optimizer", optimizer]
+    run(tiny_args(tiny_data, tmp_path / "a", *common))
     monkeypatch.setenv("LIT_GPT_SIGTERM_AFTER_STEP", "4")
-    run(tiny_args(tiny_data, tmp_path / "b", "--global_batch_size", "8", "--save_interval", "100"))
+    run(tiny_args(tiny_data, tmp_path / "b", *common, "--save_interval", "100"))
     monkeypatch.delenv("LIT_GPT_SIGTERM_AFTER_STEP")
     assert latest_checkpoint(tmp_path / "b").name == "step-00000004"
     assert losses(tmp_path / "b")[-1][0] == 4
-    run(tiny_args(tiny_data, tmp_path / "b", "--global_batch_size", "8", "--resume", "auto"))
+    other = "adamw" if optimizer == "muon" else "muon"
+    expect_error(tiny_args(tiny_data, tmp_path / "b", *common, "--resume", "auto", "--optimizer", other),
+                 f"holds {optimizer} optimizer state but this run uses --optimizer {other}")
+    run(tiny_args(tiny_data, tmp_path / "b", *common, "--resume", "auto"))
     assert losses(tmp_path / "a") == losses(tmp_path / "b") and len(losses(tmp_path / "a")) == 6
     wa, wb = load_model_state(tmp_path / "a"), load_model_state(tmp_path / "b")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -135,6 +140,15 @@ def test_sigterm_saves_and_resume_is_exact(tiny_data, tmp_path, monkeypatch):
     assert torch.equal(ra["torch"], rb["torch"]) and ra["python"] == rb["python"] and ra["numpy"] == rb["numpy"]
     oa, ob = (s["optimizer"]["state"] for s in (sa, sb))
     assert oa.keys() == ob.keys() and all(torch.equal(oa[i][k], ob[i][k]) for i in oa for k in oa[i])
+    kinds = {k for i in oa for k in oa[i]}
+    assert kinds == ({"step", "exp_avg", "exp_avg_sq", "momentum_buffer"} if optimizer == "muon"
+                     else {"step", "exp_avg", "exp_avg_sq"})
+    # consolidation keeps the weights only, whatever the optimizer
+    from lit_gpt.checkpoint import consolidate
+
+    consolidate(tmp_path / "b", tmp_path / "lit")
+    wc = load_model_state(tmp_path / "lit")
+    assert wc.keys() == wb.keys() and all(torch.equal(wc[k], wb[k]) for k in wb)
 
 
 def test_keep_last_k_and_unfinished_checkpoint_ignored(tiny_data, tmp_path):
@@ -181,6 +195,37 @@ def test_cosine_lr_schedule():
     assert lrs[10] == pytest.approx(4e-4) and lrs[60] == pytest.approx((4e-4 + 4e-5) / 2)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] > 4e-5
     assert cosine_lr(110, 4e-4, 4e-5, 10, 110) == 4e-5
+
+
+def test_wsd_lr_schedule():
+    """Warm-up 10, constant until step 80, then (1 - sqrt) or linear down to min_lr at step 100."""
+    lrs = [wsd_lr(s, 4e-4, 4e-5, 10, 100, 80) for s in range(101)]
+    assert lrs[0] == pytest.approx(4e-5) and lrs[9] == pytest.approx(4e-4)
+    assert all(lr == 4e-4 for lr in lrs[10:81])  # stable: exactly the peak, up to and including the decay's start
+    assert lrs[85] == pytest.approx(4e-5 + 3.6e-4 * (1 - 0.5))  # a quarter of the decay: 1 - sqrt(0.25)
+    assert all(a > b for a, b in zip(lrs[80:100], lrs[81:101])) and lrs[100] == pytest.approx(4e-5)
+    linear = [wsd_lr(s, 4e-4, 4e-5, 10, 100, 80, "linear") for s in range(101)]
+    assert linear[:81] == lrs[:81] and linear[90] == pytest.approx((4e-4 + 4e-5) / 2)
+    assert all(lin > sq for lin, sq in zip(linear[81:100], lrs[81:100]))  # 1 - sqrt drops faster at first
+    assert wsd_lr(150, 4e-4, 4e-5, 10, 100, 80) == pytest.approx(4e-5)
+
+
+def test_wsd_decay_from_a_stable_checkpoint(tiny_data, tmp_path):
+    """A wsd run's stable-phase checkpoint, resumed into a new out_dir with --decay_start_step and a shorter
+    --max_steps, finishes a model: the lr follows the stable run up to the branch point, then decays to min_lr."""
+    common = ["--lr_schedule", "wsd", "--max_steps", "20", "--save_interval", "4"]
+    run(tiny_args(tiny_data, tmp_path / "long", *common))
+    long = {int(r["step"]): r["lr"] for r in read_metrics(tmp_path / "long" / "metrics.csv") if r["lr"] is not None}
+    last = 1e-3 + 9e-3 * (1 - 0.75**0.5)  # the last step (0-based 19) is 3/4 into the decay (steps 16..20)
+    assert long[5] == long[17] == 1e-2 and long[18] < 1e-2 and long[20] == pytest.approx(last)  # logged step = i + 1
+    branch = tmp_path / "long" / "checkpoints" / "step-00000008"
+    run(tiny_args(tiny_data, tmp_path / "short", *common, "--resume", str(branch), "--decay_start_step", "8",
+                  "--max_steps", "12"))
+    short = [(r["step"], r["lr"]) for r in read_metrics(tmp_path / "short" / "metrics.csv") if r["lr"] is not None]
+    assert [s for s, _ in short] == [9, 10, 11, 12] and short[0][1] == 1e-2 and short[-1][1] == pytest.approx(last)
+    assert losses(tmp_path / "short")[0] == losses(tmp_path / "long")[8]  # step 9: same weights, data and lr
+    expect_error(tiny_args(tiny_data, tmp_path / "bad", "--lr_schedule", "wsd", "--decay_start_step", "6"),
+                 "wsd decay would start at step 6", "max_steps 6")
 
 
 def test_cli_yaml_and_overrides(tmp_path):

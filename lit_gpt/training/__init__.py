@@ -1,7 +1,8 @@
 """Pretraining under Lightning Fabric, one concern per module (imports run downward through this list):
 
     args.py          TrainArgs (every flag of every recipe) and its command-line parser
-    optim.py         AdamW and the warm-up + cosine schedule
+    optim.py         AdamW (or Muon + AdamW) and the schedules: warm-up + cosine, warmup-stable-decay
+    muon.py          Muon for the Blocks' matrices + AdamW for the rest, one optimizer, FSDP2-aware
     parallel.py      the Fabric strategy, FSDP2 sharding, per-Block compile / activation checkpointing
     metrics.py       metrics.csv, TensorBoard, W&B
     speed_monitor.py tokens/s and MFU

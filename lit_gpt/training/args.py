@@ -65,12 +65,25 @@ class TrainArgs:
     """Stop after this many optimizer steps (the smaller of max_tokens and max_steps wins)."""
 
     # ---- optimizer and schedule ----
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    """adamw: AdamW for every parameter. muon: Muon for the Blocks' matrices (qkv, proj, gate_up, down), AdamW for
+    the embedding, lm_head and norms (docs/training.md, "Optimizers and schedules")."""
     learning_rate: float = 4e-4
     """Peak learning rate (AdamW)."""
     min_lr: float = 4e-5
-    """Learning rate at the end of the cosine decay."""
+    """Learning rate at the end of the decay."""
     warmup_steps: int = 2000
-    """Linear warm-up steps before the cosine decay."""
+    """Linear warm-up steps before the constant phase (wsd) or the cosine decay."""
+    lr_schedule: Literal["cosine", "wsd"] = "cosine"
+    """cosine: warm-up, then cosine down to min_lr at the last step. wsd (warmup-stable-decay): warm-up, constant,
+    then a decay to min_lr over the last decay_fraction of the steps (or from decay_start_step)."""
+    decay_fraction: float = 0.2
+    """wsd: the share of max_steps spent decaying (the decay starts at max_steps x (1 - decay_fraction))."""
+    decay_start_step: Optional[int] = None
+    """wsd: the step the decay starts at (overrides decay_fraction): resume a stable-phase checkpoint with it and a
+    --max_steps to finish a model from that checkpoint."""
+    decay_shape: Literal["1-sqrt", "linear"] = "1-sqrt"
+    """wsd: the decay's shape from learning_rate to min_lr: 1 - sqrt(progress), or 1 - progress."""
     weight_decay: float = 0.1
     """AdamW weight decay."""
     decay_norms_and_embeddings: bool = False
@@ -79,6 +92,17 @@ class TrainArgs:
     """AdamW beta1."""
     beta2: float = 0.95
     """AdamW beta2."""
+    muon_lr: Optional[float] = None
+    """--optimizer muon: peak learning rate of the Muon matrices (default: learning_rate, which carries over with
+    muon_adjust_lr 'match_rms_adamw'); follows the same schedule."""
+    muon_weight_decay: Optional[float] = None
+    """--optimizer muon: decoupled weight decay of the Muon matrices (default: weight_decay)."""
+    muon_momentum: float = 0.95
+    """--optimizer muon: Muon's (Nesterov) momentum."""
+    muon_adjust_lr: Literal["match_rms_adamw", "original"] = "match_rms_adamw"
+    """--optimizer muon: torch.optim.Muon's adjust_lr_fn. match_rms_adamw scales each update to AdamW's typical RMS
+    (0.2 x sqrt(max(rows, cols))), so AdamW's learning rate and weight decay carry over; original: Muon's own
+    sqrt(max(1, rows / cols)), which needs its own, larger muon_lr (Muon's published default is 0.02)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0 disables)."""
 

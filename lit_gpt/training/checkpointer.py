@@ -51,10 +51,10 @@ class Checkpointer:
                              f"{layout.SINGLE_STATE} or {layout.SHARDED_STATE}/)")
         return path
 
-    def check_compatible(self, path: Path, config: Config) -> None:
-        """Refuses a checkpoint written for another model shape or strategy before any loading starts."""
+    def check_compatible(self, path: Path, config: Config, optimizer: str = "adamw") -> None:
+        """Refuses a checkpoint written for another model shape, strategy or optimizer before any loading starts."""
         try:
-            meta = layout.read_step_metadata(path)
+            meta = layout.read_step_metadata(path, ("model_config", "world_size", "optimizer_name"))
         except ValueError as e:
             raise TrainError(str(e)) from None
         saved = meta.get("model_config")
@@ -66,6 +66,10 @@ class Checkpointer:
             kind = "sharded (fsdp)" if layout.is_sharded(path) else "single-file (ddp/single)"
             raise TrainError(f"{path}: checkpoint is {kind} but this run uses strategy {self.strategy_name}; "
                              f"resume with the same strategy")
+        saved_optimizer = meta.get("optimizer_name", "adamw")  # absent from checkpoints of older versions
+        if saved_optimizer != optimizer:
+            raise TrainError(f"{path}: checkpoint holds {saved_optimizer} optimizer state but this run uses "
+                             f"--optimizer {optimizer}; resume with the same optimizer")
         saved_world = meta.get("world_size", self.fabric.world_size)
         if saved_world != self.fabric.world_size:  # elastic resume: see Trainer._load_checkpoint
             self.fabric.print(f"{path}: written by {saved_world} processes, resumed on {self.fabric.world_size}: "

@@ -23,7 +23,7 @@ from lit_gpt.training.args import TrainArgs
 from lit_gpt.training.checkpointer import Checkpointer, rng_state, set_rng_state
 from lit_gpt.training.lm_eval_hook import evaluate_step
 from lit_gpt.training.metrics import MetricsLogger
-from lit_gpt.training.optim import cosine_lr, make_optimizer, max_steps
+from lit_gpt.training.optim import check_schedule, make_optimizer, max_steps, set_learning_rates
 from lit_gpt.training.parallel import describe_sharding, wrap_blocks
 from lit_gpt.training.processes import lock_folder, requeue_slurm_job, requeue_wanted
 from lit_gpt.training.speed_monitor import ThroughputMonitor, peak_flops
@@ -40,6 +40,7 @@ class Trainer:
         self.accum = args.global_batch_size // (args.micro_batch_size * world)
         self.tokens_per_step = args.global_batch_size * block_size
         self.max_steps = max_steps(args, self.tokens_per_step)
+        check_schedule(args, self.max_steps)
         self.checkpointer = Checkpointer(fabric, self.out_dir, strategy_name, args.keep_last_k)
         self.step = 0
         self.tokens_seen = 0
@@ -78,7 +79,7 @@ class Trainer:
         resume_path = self.checkpointer.resume_path(args.resume)
         if resume_path is not None:
             self.checkpointer.verify(resume_path)
-            self.checkpointer.check_compatible(resume_path, self.config)
+            self.checkpointer.check_compatible(resume_path, self.config, args.optimizer)
 
         with fabric.init_module(empty_init=False):
             model = GPT(self.config, kernels=args.kernels)
@@ -162,9 +163,7 @@ class Trainer:
         self.monitor.start(self.step, self.tokens_seen)
         last_saved = self.step if self.args.resume is not None else -1
         while self.step < self.max_steps:
-            lr = cosine_lr(self.step, args.learning_rate, args.min_lr, args.warmup_steps, self.max_steps)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            lr = set_learning_rates(self.optimizer, self.step, args, self.max_steps)
             loss_sum = torch.zeros((), device=fabric.device)
             for micro in range(self.accum):
                 batch = self._check_tokens(next(train_iter)).to(fabric.device, non_blocking=True)
@@ -303,7 +302,8 @@ class Trainer:
         gather = self.checkpointer.gather
         return {"model": self.model, "optimizer": self.optimizer, "step": self.step, "tokens_seen": self.tokens_seen,
                 "train_dataloader": gather(self.train_loader.state_dict()), "rng": gather(rng_state()),
-                "world_size": self.fabric.world_size, "model_config": self.config.to_dict()}
+                "world_size": self.fabric.world_size, "model_config": self.config.to_dict(),
+                "optimizer_name": self.args.optimizer}
 
     def save_checkpoint(self) -> Path:
         return self.checkpointer.save(self.step, self._state(), self.config)
