@@ -4,6 +4,7 @@ import http.server
 import json
 import os
 import re
+import runpy
 import signal
 import subprocess
 import sys
@@ -114,15 +115,22 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def server(corpus):
+@contextlib.contextmanager
+def serving(folder: Path):
+    """(server, its handler class, its URL) of a server on 127.0.0.1 for `folder`, on a thread."""
     handler = type("H", (Handler,), {"fail": {}, "damage": {}})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(corpus[0])))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield httpd, handler, f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture
+def server(corpus):
+    with serving(corpus[0]) as s:
+        yield s
 
 
 def test_every_document_once_same_for_1_and_2_workers_and_stream(corpus, server, tmp_path):
@@ -381,13 +389,11 @@ def test_file_list_listing(corpus, server, tmp_path):
     assert np.array_equal(output(tmp_path / "out")[0], expected_tokens(rows))
 
 
-def cli(*args) -> str:
+def cli(*args, script: Path = SCRIPT) -> str:
     """The script's error for these arguments: a non-zero exit with one line (sys.exit prints it, no traceback)."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    import prepare_slimpajama
-
+    main = runpy.run_path(str(script))["main"]
     with pytest.raises(SystemExit) as exit_info:
-        prepare_slimpajama.main([*map(str, args)])
+        main([*map(str, args)])
     message = exit_info.value.code
     assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message
     return message
@@ -412,7 +418,7 @@ def hub_handler(handler, root: Path, repo: str, seen: list):
     class Hub(handler):
         def do_GET(self):
             seen.append((self.path, self.headers.get("Authorization")))
-            path = urllib.parse.urlsplit(self.path).path
+            path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
             tree = f"/api/datasets/{repo}/tree/main"
             if path.startswith(tree):
                 folder = root / path[len(tree):].strip("/")
