@@ -26,34 +26,14 @@ nested objects (meta.source); a number compares with numbers, a 'quoted' or plai
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 from lit_gpt.data import cli
-from lit_gpt.data.formats import DataError, RowReader, parse_filters
-from lit_gpt.data.sources import HttpSource, HuggingFaceSource, LocalSource
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--source_path", type=Path, help="a local folder holding the corpus files")
-    where.add_argument("--base_url", help="an http(s) URL of the corpus's root (files found from directory indexes "
-                                          "or --file_list)")
-    where.add_argument("--hf_repo", help="a Hugging Face dataset repo, e.g. HuggingFaceFW/fineweb-edu")
-    p.add_argument("--file_list", help="with --base_url: URL or path of a file listing relative paths, one a line")
-    p.add_argument("--revision", default="main", help="with --hf_repo: branch, tag or commit")
-    p.add_argument("--hf_config", help="with --hf_repo: a config (subset) named in the repo's dataset card, whose "
-                                       "data files are then included")
-    p.add_argument("--hf_split", default="train", help="with --hf_config: the split whose files to take")
-    p.add_argument("--include", nargs="+", help="globs of the files to take (default: all, or --hf_config's)")
-    p.add_argument("--exclude", nargs="+", default=[], help="globs of files to leave out")
-    p.add_argument("--text_field", default="text", help="the column/key holding the text (The Stack: content)")
-    p.add_argument("--filter", action="append", default=[], dest="filters", metavar="'FIELD OP VALUE'",
-                   help="keep only rows for which this holds, e.g. 'int_score >= 3' or 'language == en'")
-    p.add_argument("--set_field", help="a field naming each row's subset, counted apart in the summary")
-    p.add_argument("--skip_sets", nargs="*", default=[], help="with --set_field: subsets to leave out")
+    cli.add_corpus_args(p)
     p.add_argument("--prefix", default="train", help="output file names: {prefix}_*.bin, {prefix}.manifest.json")
     cli.add_run_args(p)
     return p.parse_args(argv)
@@ -61,19 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    try:
-        reader = RowReader(args.text_field, parse_filters(args.filters), args.set_field, tuple(args.skip_sets))
-    except DataError as e:
-        sys.exit(f"error: {e}")
-    include = args.include or ([] if args.hf_config else ["**"])
-    if args.source_path:
-        source = LocalSource(args.source_path)
-    elif args.base_url:
-        source = HttpSource(args.base_url, file_list=args.file_list, **cli.retry_options(args))
-    else:
-        source = HuggingFaceSource(args.hf_repo, args.revision, config=args.hf_config, config_split=args.hf_split,
-                                   **cli.retry_options(args))
-    cli.run(source, args, include, args.exclude, reader, args.prefix)
+    cli.run(*cli.corpus(args), args, args.prefix)
 
 
 if __name__ == "__main__":

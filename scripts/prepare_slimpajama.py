@@ -55,7 +55,7 @@ def main(argv=None) -> None:
         source = HuggingFaceSource(args.hf_repo, args.revision, **cli.retry_options(args))
 
     reader = RowReader(set_field="meta.redpajama_set_name", skip_sets=tuple(args.skip_sets))
-    cli.run(source, args, include=[args.split], exclude=[], reader=reader, prefix=f"{args.split}_slimpajama")
+    cli.run(source, [args.split], [], reader, args, prefix=f"{args.split}_slimpajama")
 
 
 if __name__ == "__main__":

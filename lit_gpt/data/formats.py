@@ -15,7 +15,8 @@ import operator
 import re
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import zstandard
 
@@ -213,6 +214,41 @@ def parquet_batches(name: str, path: str, reader: RowReader) -> tuple[list[tuple
         batches.append(("parquet", name, path, group, first_row))
         first_row += meta.row_group(group).num_rows
     return batches, None
+
+
+def fetch_file(source, name: str, folder: Path, reader: RowReader, log) -> tuple[int, list, Optional[str], Optional[Path]]:
+    """(file size, batches, what is wrong with the file or None, the downloaded file to delete once its batches are
+    read, or None). Only the readable part of a damaged file is batched: a text file's complete lines before the
+    damage, none of a parquet file without its footer or text column."""
+    for attempt in (1, 2):
+        path = source.local_copy(name, folder)
+        size = path.stat().st_size
+        if is_parquet(name):
+            batches, damage = parquet_batches(name, str(path), reader)
+        else:
+            data, damage = decompress(name, path.read_bytes())
+            if source.remote:
+                path.unlink()
+            batches = split_lines(name, data[: data.rfind(b"\n") + 1] if damage else data)
+        if not (damage and source.remote and attempt == 1):
+            break
+        log(f"warning: {name}: {damage}; downloading it again")  # a transfer error looks like a damaged file
+    temporary = path if source.remote and is_parquet(name) else None
+    return size, batches, damage, temporary
+
+
+def iter_texts(source, names: Sequence[str], reader: RowReader, folder: Path, stats, log=lambda *a: None) -> Iterator[str]:
+    """The text of each document the files `names` of `source` hold, in order, read in this process."""
+    for name in names:
+        _, batches, damage, temporary = fetch_file(source, name, folder, reader, log)
+        if damage:
+            stats.damaged_files[name] = damage
+        try:
+            for batch in batches:
+                yield from read_batch(batch, reader, stats)[0]
+        finally:
+            if temporary is not None:
+                temporary.unlink(missing_ok=True)
 
 
 def decompress(name: str, raw: bytes) -> tuple[bytes, Optional[str]]:

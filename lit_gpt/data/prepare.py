@@ -35,7 +35,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from lit_gpt.data.formats import DataError, RowReader, decompress, is_parquet, parquet_batches, read_batch, split_lines
+from lit_gpt.data.formats import DataError, RowReader, fetch_file, read_batch
 from lit_gpt.data.packed import PackedDatasetWriter, chunk_name, dtype_for_vocab
 from lit_gpt.utils import atomic_write, exit_with_parent, fsync
 
@@ -327,27 +327,6 @@ def prepare(source, include: Union[str, Sequence[str]], tokenizer_dir: Union[str
         raise DataError(f"{what}: no tokens to write from {stats.files} files ({why})")
     log(summary(stats, time.perf_counter() - start, destination, prefix, writer))
     return stats
-
-
-def fetch_file(source, name: str, folder: Path, reader: RowReader, log) -> tuple[int, list, Optional[str], Optional[Path]]:
-    """(file size, batches, what is wrong with the file or None, the downloaded file to delete once its batches are
-    read, or None). Only the readable part of a damaged file is batched: a text file's complete lines before the
-    damage, none of a parquet file without its footer or text column."""
-    for attempt in (1, 2):
-        path = source.local_copy(name, folder)
-        size = path.stat().st_size
-        if is_parquet(name):
-            batches, damage = parquet_batches(name, str(path), reader)
-        else:
-            data, damage = decompress(name, path.read_bytes())
-            if source.remote:
-                path.unlink()
-            batches = split_lines(name, data[: data.rfind(b"\n") + 1] if damage else data)
-        if not (damage and source.remote and attempt == 1):
-            break
-        log(f"warning: {name}: {damage}; downloading it again")  # a transfer error looks like a damaged file
-    temporary = path if source.remote and is_parquet(name) else None
-    return size, batches, damage, temporary
 
 
 def summary(stats: Stats, elapsed: float, destination: Path, prefix: str, writer: PackedDatasetWriter) -> str:
