@@ -10,9 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import zstandard
 
-from lit_gpt.data.formats import DataError, Filter, RowReader, decompress, parse_filters
+from lit_gpt.data.formats import DataError, Filter, RowReader, decompress, parse_filters, write_rows
 from lit_gpt.data.prepare import Stats, prepare
 from lit_gpt.data.sources import HttpSource, HuggingFaceSource, LocalSource, select
 from lit_gpt.tokenizer import Tokenizer
@@ -26,17 +25,7 @@ FORMATS = ("jsonl.zst", "jsonl", "jsonl.gz", "json.gz", "parquet")
 
 
 def write(path: Path, rows: list, row_group_size: int = 5) -> None:
-    """`rows` as one file of the format its suffix names."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.name.endswith(".parquet"):
-        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)
-        return
-    data = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
-    if path.name.endswith(".zst"):
-        data = zstandard.ZstdCompressor().compress(data)
-    elif path.name.endswith(".gz"):
-        data = gzip.compress(data, mtime=0)
-    path.write_bytes(data)
+    write_rows(path, rows, row_group_size)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ Formats: .jsonl, .jsonl.zst (.zstd), .jsonl.gz, .json.gz (one JSON object a line
 
 from __future__ import annotations
 
+import gzip
 import json
 import operator
 import re
@@ -275,6 +276,23 @@ def decompress(name: str, raw: bytes) -> tuple[bytes, Optional[str]]:
             return b"".join(out), f"truncated: ends inside a {kind} after {len(raw):,} bytes, the rest is missing"
         offset = len(raw) - len(obj.unused_data)
     return b"".join(out), None
+
+
+def write_rows(path: Path, rows: Sequence[dict], row_group_size: int = 1000) -> None:
+    """`rows` as one file of the format the suffix of `path` names (for tests, benchmarks and conversions)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_parquet(path.name):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(list(rows)), path, row_group_size=row_group_size)
+        return
+    data = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+    if path.name.endswith((".zst", ".zstd")):
+        data = zstandard.ZstdCompressor().compress(data)
+    elif path.name.endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    path.write_bytes(data)
 
 
 def parse_filters(expressions: Sequence[str]) -> tuple:
