@@ -216,3 +216,18 @@ def test_kill_9_mid_parquet_file_then_rerun(corpus, server, tmp_path):
     assert "1 done before" in result.stdout
     assert output(tmp_path / "out", "train")[1] == output(tmp_path / "reference", "train")[1]
     assert not list((tmp_path / "out").glob(".*"))
+
+
+def test_an_unreadable_row_group_is_named_and_the_others_kept(corpus, tmp_path, monkeypatch):
+    root, rows = corpus
+    real = pq.ParquetFile.read_row_group
+
+    def damaged(self, i, *args, **kwargs):  # the tokenizer process is forked: it inherits this
+        if i == 1:
+            raise OSError("Corrupt snappy compressed data.")
+        return real(self, i, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", damaged)
+    stats = run(LocalSource(root), tmp_path / "out", "parquet/part-1.parquet")
+    assert stats.damaged_files == {"parquet/part-1.parquet": "row group 1 unreadable (Corrupt snappy compressed data.)"}
+    assert np.array_equal(output(tmp_path / "out", "train")[0], expected_tokens(rows[:5] + rows[10:16]))
