@@ -28,13 +28,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lit_gpt.data.formats import SUFFIXES, RowReader, decompress, write_rows  # noqa: E402
+from lit_gpt.data.cli import slimpajama_reader  # noqa: E402
+from lit_gpt.data.formats import SUFFIXES, decompress, write_rows  # noqa: E402
 from lit_gpt.data.prepare import encode_with_eos, prepare  # noqa: E402
 from lit_gpt.data.sources import LocalSource  # noqa: E402
 from lit_gpt.tokenizer import Tokenizer  # noqa: E402
 
 
-SLIMPAJAMA = RowReader(set_field="meta.redpajama_set_name", skip_sets=("RedPajamaGithub",))
+SLIMPAJAMA = slimpajama_reader()
 
 
 def sample_tree(sample: Path, repeat: int, out: Path, fmt: str) -> list[str]:

@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 from lit_gpt.data import cli
-from lit_gpt.data.formats import RowReader
 from lit_gpt.data.sources import HttpSource, HuggingFaceSource, LocalSource
 
 
@@ -54,8 +53,7 @@ def main(argv=None) -> None:
     else:
         source = HuggingFaceSource(args.hf_repo, args.revision, **cli.retry_options(args))
 
-    reader = RowReader(set_field="meta.redpajama_set_name", skip_sets=tuple(args.skip_sets))
-    cli.run(source, [args.split], [], reader, args, prefix=f"{args.split}_slimpajama")
+    cli.run(source, [args.split], [], cli.slimpajama_reader(args.skip_sets), args, prefix=f"{args.split}_slimpajama")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ import pytest
 import zstandard
 
 from lit_gpt.data.prepare import Manifest, Stats, prepare
-from lit_gpt.data.formats import RowReader, decompress
+from lit_gpt.data.cli import slimpajama_reader
+from lit_gpt.data.formats import decompress
 from lit_gpt.data.sources import DataError, HttpSource, LocalSource
 from lit_gpt.data import packed
 from lit_gpt.data.packed import read_chunk, read_header
@@ -81,7 +82,7 @@ def output(folder: Path, prefix: str = "train_slimpajama") -> tuple[np.ndarray, 
     return np.concatenate([read_chunk(f) for f in files]).astype(np.int64), {f.name: f.read_bytes() for f in files}
 
 
-SLIMPAJAMA = RowReader(set_field="meta.redpajama_set_name", skip_sets=("RedPajamaGithub",))
+SLIMPAJAMA = slimpajama_reader()
 
 
 def run(source, dest, include="train", **kw):
@@ -154,7 +155,7 @@ def test_every_document_once_same_for_1_and_2_workers_and_stream(corpus, server,
 
 def test_skip_sets_none_and_max_files_and_max_tokens(corpus, tmp_path):
     root, rows = corpus
-    run(LocalSource(root), tmp_path / "all", reader=RowReader(set_field="meta.redpajama_set_name"), max_files=2)
+    run(LocalSource(root), tmp_path / "all", reader=slimpajama_reader(skip_sets=()), max_files=2)
     assert np.array_equal(output(tmp_path / "all")[0], expected_tokens(rows[:20], skip=()))
     stats = run(LocalSource(root), tmp_path / "max", max_tokens=5000)
     tokens = output(tmp_path / "max")[0]

@@ -51,6 +51,11 @@ def corpus(args: argparse.Namespace) -> tuple:
     return source, include, args.exclude, reader
 
 
+def slimpajama_reader(skip_sets=("RedPajamaGithub",)) -> RowReader:
+    """SlimPajama's rows: text in `text`, counted per meta.redpajama_set_name (scripts/prepare_slimpajama.py)."""
+    return RowReader(set_field="meta.redpajama_set_name", skip_sets=tuple(skip_sets))
+
+
 def add_run_args(p: argparse.ArgumentParser) -> None:
     """Tokenizer, output and speed options."""
     p.add_argument("--tokenizer_dir", type=Path, default=Path("data/tokenizer"),
