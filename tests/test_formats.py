@@ -146,6 +146,7 @@ def test_bad_parquet_inputs_are_counted_and_named(corpus, tmp_path, capsys):
     assert "LOST data of c_no_text.parquet: no column 'text'" in report
     assert "malformed rows (no text field): 3, e.g. e_null.parquet:row 1" in report
     assert "filter 'len(text) > 3'" in cli(*args[:4], "--filter", "len(text) > 3")
+    assert cli(*args[2:]) == "error: give one of --source_path, --base_url, --hf_repo"
 
 
 def test_hub_repo_globs_and_config(corpus, server, tmp_path, monkeypatch):

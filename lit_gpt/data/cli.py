@@ -14,7 +14,7 @@ from lit_gpt.data.sources import HttpSource, HuggingFaceSource, LocalSource
 
 def add_corpus_args(p: argparse.ArgumentParser) -> None:
     """Where the corpus is, which of its files and rows to take, and where the text is."""
-    where = p.add_mutually_exclusive_group(required=True)
+    where = p.add_mutually_exclusive_group()  # one is needed: corpus() says so in one line
     where.add_argument("--source_path", type=Path, help="a local folder holding the corpus files")
     where.add_argument("--base_url", help="an http(s) URL of the corpus's root (files found from directory indexes "
                                           "or --file_list)")
@@ -35,6 +35,8 @@ def add_corpus_args(p: argparse.ArgumentParser) -> None:
 
 def corpus(args: argparse.Namespace) -> tuple:
     """(source, include, exclude, reader) that add_corpus_args's options name; exits with one line on a bad filter."""
+    if not (args.source_path or args.base_url or args.hf_repo):
+        sys.exit("error: give one of --source_path, --base_url, --hf_repo")
     try:
         reader = RowReader(args.text_field, parse_filters(args.filters), args.set_field, tuple(args.skip_sets))
     except DataError as e:
