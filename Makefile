@@ -25,4 +25,4 @@ clean:
 
 # configs/<recipe>.yaml is generated from pretrain/<recipe>.py (tests/test_configs.py fails when they drift apart)
 configs: setup
-	for r in debug microllama tinyllama; do $(PY) scripts/write_config.py $$r; done
+	for r in debug microllama tinyllama smol_llama; do $(PY) scripts/write_config.py $$r; done

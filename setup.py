@@ -25,7 +25,7 @@ setup(
         "tensorboard",
     ],
     extras_require={
-        "data": ["datasets>=2.18"],
+        "data": ["datasets>=2.18", "pyarrow>=14"],  # parquet corpora (lit_gpt/data/formats.py)
         "hf": ["transformers>=4.44"],
         "eval": ["lm-eval>=0.4.2", "transformers>=4.44", "accelerate"],
         "plot": ["matplotlib"],

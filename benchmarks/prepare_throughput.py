@@ -1,18 +1,22 @@
-"""Tokens/s of scripts/prepare_slimpajama.py's pipeline against the tokenizer alone, on the bundled sample.
+"""Tokens/s of the data pipeline (scripts/prepare_data.py, prepare_slimpajama.py) against the tokenizer alone, per
+input format, on the bundled sample.
 
-The pipeline is timed end to end (listing, pool start, reading, decompressing, JSON parsing, tokenizing, writing
-chunks and manifests) over `--repeat` copies of the sample's train split; the tokenizer alone encodes the same
-documents' texts, already in memory, on one core. Besides wall-clock rates, the CPU seconds spent per token are
+The pipeline is timed end to end (listing, pool start, reading, decompressing, JSON parsing or parquet decoding,
+tokenizing, writing chunks and manifests) over `--repeat` copies of the sample's train split, written in each of
+`--formats` (the same documents in the same order; parquet in row groups of 1000 rows); the tokenizer alone encodes
+the same documents' texts, already in memory, on one core. Besides wall-clock rates, the CPU seconds spent per token are
 reported (tokenizer processes and main process apart): on a shared machine, where other jobs take cores away,
 they still say how much work the pipeline adds on top of the tokenizer.
 
     python benchmarks/prepare_throughput.py                 # 1 and all-cores workers
     python benchmarks/prepare_throughput.py --workers 1 2 4
+    python benchmarks/prepare_throughput.py --formats jsonl.zst parquet jsonl.gz --tokenizer_dir path/to/32k
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -21,30 +25,28 @@ import tempfile
 import time
 from pathlib import Path
 
-import zstandard
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lit_gpt.data.cli import slimpajama_reader  # noqa: E402
+from lit_gpt.data.formats import SUFFIXES, decompress, write_rows  # noqa: E402
 from lit_gpt.data.prepare import encode_with_eos, prepare  # noqa: E402
 from lit_gpt.data.sources import LocalSource  # noqa: E402
 from lit_gpt.tokenizer import Tokenizer  # noqa: E402
 
 
-def sample_tree(sample: Path, repeat: int, out: Path) -> list[str]:
-    """`repeat` copies of the sample's train files (as chunk1..chunkN links); returns the kept texts once."""
-    files = sorted((sample / "train").rglob("*.jsonl.zst"))
-    for copy in range(repeat):
-        for i, f in enumerate(files):
-            target = out / "train" / f"chunk{copy + 1}" / f"example_train_{i}.jsonl.zst"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(f.resolve())
+SLIMPAJAMA = slimpajama_reader()
+
+
+def sample_tree(sample: Path, repeat: int, out: Path, fmt: str) -> list[str]:
+    """`repeat` copies of the sample's train files (as chunk1..chunkN) in format `fmt`; returns the kept texts once."""
     texts = []
-    for f in files:
-        for line in zstandard.ZstdDecompressor().decompress(f.read_bytes()).splitlines():
-            row = json.loads(line)
-            if row["meta"]["redpajama_set_name"] != "RedPajamaGithub":
-                texts.append(row["text"])
+    for i, path in enumerate(sorted((sample / "train").rglob("*.jsonl.zst"))):
+        rows = [json.loads(line) for line in decompress(path.name, path.read_bytes())[0].splitlines()]
+        rows = [{"text": r["text"], "meta": {"redpajama_set_name": r["meta"]["redpajama_set_name"]}} for r in rows]
+        for copy in range(repeat):
+            write_rows(out / "train" / f"chunk{copy + 1}" / f"example_train_{i}.{fmt}", rows)
+        texts += [r["text"] for r in rows if r["meta"]["redpajama_set_name"] not in SLIMPAJAMA.skip_sets]
     return texts
 
 
@@ -56,11 +58,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=4, help="copies of the sample's train split to process")
     parser.add_argument("--workers", type=int, nargs="*", default=sorted({1, os.cpu_count() or 1}), help="worker counts")
     parser.add_argument("--trials", type=int, default=3, help="best of this many runs per row")
+    parser.add_argument("--formats", nargs="+", default=["jsonl.zst", "parquet"], help="input formats to time",
+                        choices=[s.lstrip(".") for s in SUFFIXES])
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        texts = sample_tree(args.sample, args.repeat, tmp / "src")
+        trees = {fmt: tmp / fmt for fmt in args.formats}
+        texts = [sample_tree(args.sample, args.repeat, folder, fmt) for fmt, folder in trees.items()][0]
         tokenizer = Tokenizer(args.tokenizer_dir)
         load_before = os.getloadavg()
         rows = []
@@ -73,20 +78,20 @@ def main() -> None:
                 best, cpu = rate, time.process_time() - c0
         alone, alone_cpu_per_token = best, cpu / n_tokens
         rows.append(("tokenizer alone (1 core)", 1, n_tokens, n_tokens / alone, alone, cpu, 0.0))
-        for n in args.workers:
+        for (fmt, folder), n in itertools.product(trees.items(), args.workers):
             best, tokens = 0.0, 0
             for trial in range(args.trials):
-                dest = tmp / f"out-{n}-{trial}"
+                dest = tmp / f"out-{fmt}-{n}-{trial}"
                 t0, main0, kids0 = time.perf_counter(), cpu_seconds(resource.RUSAGE_SELF), cpu_seconds(resource.RUSAGE_CHILDREN)
-                stats = prepare(LocalSource(tmp / "src"), "train", args.tokenizer_dir, dest, num_workers=n,
-                                log=lambda *a: None, progress_every=1e9)
+                stats = prepare(LocalSource(folder), "train", args.tokenizer_dir, dest, prefix="train", reader=SLIMPAJAMA,
+                                num_workers=n, log=lambda *a: None, progress_every=1e9)
                 elapsed = time.perf_counter() - t0
                 tokens = sum(stats.tokens.values())
                 if tokens / elapsed > best:
                     best = tokens / elapsed
                     main_cpu = cpu_seconds(resource.RUSAGE_SELF) - main0
                     workers_cpu = cpu_seconds(resource.RUSAGE_CHILDREN) - kids0
-            rows.append((f"pipeline, {n} worker{'s' if n > 1 else ''}", n, tokens, tokens / best, best, workers_cpu, main_cpu))
+            rows.append((f"pipeline, {fmt}, {n} worker{'s' if n > 1 else ''}", n, tokens, tokens / best, best, workers_cpu, main_cpu))
         load_after = os.getloadavg()
 
     print(f"cpu cores: {os.cpu_count()}, load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "

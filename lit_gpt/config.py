@@ -168,6 +168,13 @@ class Config:
         }
 
 
+def padded_vocab_size(n_pieces: int, multiple: int = 64) -> int:
+    """The model's vocab_size for a tokenizer of `n_pieces` (added tokens included): rounded up to a multiple of 64,
+    so the embedding and lm_head matmuls keep shapes the GPU's tensor cores tile evenly (49,152 and 32,000 already
+    are). The extra rows are never an input and learn to be never predicted."""
+    return -(-n_pieces // multiple) * multiple
+
+
 def _first(x: Any) -> Any:
     return x[0] if isinstance(x, list) and x else x
 

@@ -17,12 +17,11 @@ one more download when streaming): the other files are prepared, and the summary
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from lit_gpt.data.prepare import prepare
-from lit_gpt.data.sources import DataError, HttpSource, HuggingFaceSource, LocalSource
+from lit_gpt.data import cli
+from lit_gpt.data.sources import HttpSource, HuggingFaceSource, LocalSource
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,19 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--file_list", help="with --base_url: URL or path of a file listing relative paths, one a line "
                                        "(default: crawl the server's HTML directory indexes)")
     p.add_argument("--split", default="train", choices=["train", "validation", "test"], help="which split")
-    p.add_argument("--tokenizer_dir", type=Path, default=Path("data/tokenizer"),
-                   help="folder with tokenizer.model or tokenizer.json (e.g. a Llama-2 checkpoint folder)")
-    p.add_argument("--destination", type=Path, required=True, help="output folder for the chunks and the manifest")
-    p.add_argument("--chunk_size", type=int, default=2049 * 1024, help="tokens per chunk file")
     p.add_argument("--skip_sets", nargs="*", default=["RedPajamaGithub"],
                    help="meta.redpajama_set_name values to leave out (give none to keep all)")
-    p.add_argument("--max_files", type=int, help="only the first N files of the split (in natural order)")
-    p.add_argument("--max_tokens", type=int, help="stop after the document that reaches N tokens")
-    p.add_argument("--num_workers", type=int, default=os.cpu_count(), help="tokenizer processes (default: all cores)")
-    p.add_argument("--download_workers", type=int, default=4, help="files downloaded at once, ahead of tokenizing")
-    p.add_argument("--retries", type=int, default=5, help="with --stream: retries of a failed download (backoff 1, 2, 4.. s)")
-    p.add_argument("--retry_backoff", type=float, default=1.0, help="with --stream: first retry delay in seconds")
-    p.add_argument("--progress_every", type=float, default=10.0, help="seconds between progress lines when not a TTY")
+    cli.add_run_args(p)
     return p.parse_args(argv)
 
 
@@ -56,26 +45,15 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.stream == (args.source_path is not None):
         sys.exit("error: give either --source_path or --stream")
-    retry = {"retries": args.retries, "backoff": args.retry_backoff}
+
     if not args.stream:
         source = LocalSource(args.source_path)
     elif args.base_url:
-        source = HttpSource(args.base_url, file_list=args.file_list, **retry)
+        source = HttpSource(args.base_url, file_list=args.file_list, **cli.retry_options(args))
     else:
-        source = HuggingFaceSource(args.hf_repo, args.revision, **retry)
-    try:
-        stats = prepare(source, args.split, args.tokenizer_dir, args.destination, chunk_size=args.chunk_size,
-                        skip_sets=args.skip_sets, max_files=args.max_files, max_tokens=args.max_tokens,
-                        num_workers=args.num_workers, download_workers=args.download_workers,
-                        progress_every=args.progress_every)
-    except (DataError, OSError) as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted: rerun the same command to continue")
-    if stats.damaged_files:  # the rest is done, but no script should carry on unaware of the loss
-        names = list(stats.damaged_files)
-        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
-        sys.exit(f"error: data lost from {len(names)} damaged source files: {', '.join(names[:3])}{more}")
+        source = HuggingFaceSource(args.hf_repo, args.revision, **cli.retry_options(args))
+
+    cli.run(source, [args.split], [], cli.slimpajama_reader(args.skip_sets), args, prefix=f"{args.split}_slimpajama")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ import http.server
 import json
 import os
 import re
+import runpy
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,9 @@ import pytest
 import zstandard
 
 from lit_gpt.data.prepare import Manifest, Stats, prepare
-from lit_gpt.data.sources import DataError, HttpSource, LocalSource, decompress
+from lit_gpt.data.cli import slimpajama_reader
+from lit_gpt.data.formats import decompress
+from lit_gpt.data.sources import DataError, HttpSource, LocalSource
 from lit_gpt.data import packed
 from lit_gpt.data.packed import read_chunk, read_header
 from lit_gpt.tokenizer import Tokenizer
@@ -78,9 +82,14 @@ def output(folder: Path, prefix: str = "train_slimpajama") -> tuple[np.ndarray, 
     return np.concatenate([read_chunk(f) for f in files]).astype(np.int64), {f.name: f.read_bytes() for f in files}
 
 
-def run(source, dest, **kw):
-    kw = {"chunk_size": 997, "num_workers": 1, "log": lambda *a: None, **kw}
-    return prepare(source, "train", TOKENIZER, dest, **kw)
+SLIMPAJAMA = slimpajama_reader()
+
+
+def run(source, dest, include="train", **kw):
+    """The SlimPajama preset's settings (prepare_slimpajama.py), small chunks, one worker unless told."""
+    kw = {"chunk_size": 997, "num_workers": 1, "log": lambda *a: None, "prefix": "train_slimpajama",
+          "reader": SLIMPAJAMA, **kw}
+    return prepare(source, include, TOKENIZER, dest, **kw)
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
@@ -107,15 +116,22 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def server(corpus):
+@contextlib.contextmanager
+def serving(folder: Path):
+    """(server, its handler class, its URL) of a server on 127.0.0.1 for `folder`, on a thread."""
     handler = type("H", (Handler,), {"fail": {}, "damage": {}})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(corpus[0])))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield httpd, handler, f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture
+def server(corpus):
+    with serving(corpus[0]) as s:
+        yield s
 
 
 def test_every_document_once_same_for_1_and_2_workers_and_stream(corpus, server, tmp_path):
@@ -139,7 +155,7 @@ def test_every_document_once_same_for_1_and_2_workers_and_stream(corpus, server,
 
 def test_skip_sets_none_and_max_files_and_max_tokens(corpus, tmp_path):
     root, rows = corpus
-    run(LocalSource(root), tmp_path / "all", skip_sets=(), max_files=2)
+    run(LocalSource(root), tmp_path / "all", reader=slimpajama_reader(skip_sets=()), max_files=2)
     assert np.array_equal(output(tmp_path / "all")[0], expected_tokens(rows[:20], skip=()))
     stats = run(LocalSource(root), tmp_path / "max", max_tokens=5000)
     tokens = output(tmp_path / "max")[0]
@@ -331,7 +347,7 @@ def test_zero_tokens_is_an_error_and_leaves_the_destination_empty(tmp_path):
     for _ in range(2):  # nothing is recorded: the rerun tries again
         message = cli(*args)
         assert message.endswith("train: no tokens to write from 1 files (1 damaged, 0 empty, 0 documents skipped, "
-                                "0 malformed rows)")
+                                "0 filtered out, 0 malformed rows)")
         assert not list((tmp_path / "out").iterdir())
 
 
@@ -374,13 +390,11 @@ def test_file_list_listing(corpus, server, tmp_path):
     assert np.array_equal(output(tmp_path / "out")[0], expected_tokens(rows))
 
 
-def cli(*args) -> str:
+def cli(*args, script: Path = SCRIPT) -> str:
     """The script's error for these arguments: a non-zero exit with one line (sys.exit prints it, no traceback)."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    import prepare_slimpajama
-
+    main = runpy.run_path(str(script))["main"]
     with pytest.raises(SystemExit) as exit_info:
-        prepare_slimpajama.main([*map(str, args)])
+        main([*map(str, args)])
     message = exit_info.value.code
     assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message
     return message
@@ -398,25 +412,44 @@ def test_cli_one_line_errors(corpus, tmp_path):
     assert "either --source_path or --stream" in cli("--destination", tmp_path / "o4")
 
 
-def test_hugging_face_source_urls_token_and_listing(corpus, server, tmp_path, monkeypatch):
-    from huggingface_hub import HfApi
+def hub_handler(handler, root: Path, repo: str, seen: list):
+    """`handler` serving `root` where the Hub would: the tree API at /api/datasets/{repo}/tree/{revision}/{path}
+    (recursive JSON listing) and the files at /datasets/{repo}/resolve/{revision}/{file}."""
 
+    class Hub(handler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+            tree = f"/api/datasets/{repo}/tree/main"
+            if path.startswith(tree):
+                folder = root / path[len(tree):].strip("/")
+                entries = [{"type": "file", "path": p.relative_to(root).as_posix(), "size": p.stat().st_size,
+                            "oid": "0" * 40} for p in sorted(folder.rglob("*")) if p.is_file()]
+                entries += [{"type": "directory", "path": p.relative_to(root).as_posix(), "oid": "0" * 40}
+                            for p in sorted(folder.rglob("*")) if p.is_dir()]
+                body = json.dumps(entries).encode() if folder.is_dir() else b"{}"
+                self.send_response(200 if folder.is_dir() else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            self.path = self.path.removeprefix(f"/datasets/{repo}/resolve/main")
+            super().do_GET()
+
+    return functools.partial(Hub, directory=str(root))
+
+
+def test_hugging_face_source_urls_token_and_listing(corpus, server, tmp_path, monkeypatch):
     from lit_gpt.data.sources import HuggingFaceSource
 
     root, rows = corpus
     _, handler, url = server
     seen = []
-
-    class Mapped(handler):  # serve the tree where the Hub would: /datasets/{repo}/resolve/{revision}/{file}
-        def do_GET(self):
-            seen.append((self.path, self.headers.get("Authorization")))
-            self.path = self.path.removeprefix("/datasets/cerebras/SlimPajama-627B/resolve/main")
-            super().do_GET()
-
-    server[0].RequestHandlerClass = functools.partial(Mapped, directory=str(root))
-    names = sorted(str(p.relative_to(root)) for p in root.rglob("*.zst")) + ["README.md", "validation/x.jsonl.zst"]
-    monkeypatch.setattr(HfApi, "list_repo_files", lambda self, repo_id, **kw: names)
+    server[0].RequestHandlerClass = hub_handler(handler, root, "cerebras/SlimPajama-627B", seen)
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     run(HuggingFaceSource("cerebras/SlimPajama-627B", endpoint=url), tmp_path / "out")
     assert np.array_equal(output(tmp_path / "out")[0], expected_tokens(rows))
-    assert len(seen) == 6 and all(auth == "Bearer hf_test_token" for _, auth in seen)
+    downloads = [p for p, _ in seen if "/resolve/" in p]
+    assert len(downloads) == 6 and all(auth == "Bearer hf_test_token" for _, auth in seen)
+    assert not list((tmp_path / "out").glob(".*downloads*"))  # the downloaded files go once read

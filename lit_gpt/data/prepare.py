@@ -1,9 +1,12 @@
-"""Tokenize a JSONL(.zst) corpus into packed chunks while it downloads; resumable and deterministic.
+"""Tokenize a corpus (JSONL, compressed or not, or parquet) into packed chunks while it downloads; resumable and
+deterministic.
 
-Pipeline: fetcher threads download whole files in order (bounded prefetch) and decompress them in memory; the
-lines go in ~1 MB batches to a pool of tokenizer processes; the main thread takes the results back in submission
-order and appends them to one `PackedDatasetWriter`. So the token stream is the same whatever the number of
-workers, and local or streamed input gives identical files.
+Pipeline: fetcher threads get whole files in order (bounded prefetch; a remote file is downloaded to disk and
+renamed once complete) and cut them into batches (`lit_gpt.data.formats`: ~1 MB of lines of a decompressed text
+file, one row group of a parquet file); a pool of tokenizer processes reads each batch's rows and tokenizes the
+documents; the main thread takes the results back in submission order and appends them to one
+`PackedDatasetWriter`. So the token stream is the same whatever the number of workers and whatever the format the
+same documents come in, and local or streamed input gives identical files.
 
 Resume: the manifest `{destination}/{prefix}.manifest.json` is saved before the first chunk, and after the last
 batch of each source file the writer commits (the partial chunk is written under its counter) and the manifest
@@ -20,6 +23,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import time
@@ -31,11 +35,10 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from lit_gpt.data.sources import DataError, decompress
+from lit_gpt.data.formats import DataError, RowReader, fetch_file, read_batch
 from lit_gpt.data.packed import PackedDatasetWriter, chunk_name, dtype_for_vocab
 from lit_gpt.utils import atomic_write, exit_with_parent, fsync
 
-BATCH_BYTES = 1 << 20
 MAX_EXAMPLES = 5
 
 
@@ -43,7 +46,8 @@ MAX_EXAMPLES = 5
 class Stats:
     docs: Counter = field(default_factory=Counter)  # per set
     tokens: Counter = field(default_factory=Counter)
-    skipped: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)  # per set
+    filtered: Counter = field(default_factory=Counter)  # per filter, the first one a row fails
     malformed: Counter = field(default_factory=Counter)  # per reason
     examples: dict = field(default_factory=dict)  # reason -> a few "file:line" locations
     damaged_files: dict = field(default_factory=dict)  # name -> what is wrong: data lost, the run fails
@@ -61,6 +65,8 @@ class Stats:
         self.docs.update(other.docs)
         self.tokens.update(other.tokens)
         self.skipped.update(other.skipped)
+        self.filtered.update(other.filtered)
+        self.damaged_files.update(other.damaged_files)
         for reason, n in other.malformed.items():
             self.malformed[reason] += n
             room = MAX_EXAMPLES - len(self.examples.setdefault(reason, []))
@@ -71,7 +77,7 @@ class Stats:
 
     @classmethod
     def from_json(cls, d: dict) -> "Stats":
-        counters = {k: Counter(d.get(k, {})) for k in ("docs", "tokens", "skipped", "malformed")}
+        counters = {k: Counter(d.get(k, {})) for k in ("docs", "tokens", "skipped", "filtered", "malformed")}
         return cls(**counters, examples=d.get("examples", {}), damaged_files=d.get("damaged_files", {}),
                    empty_files=d.get("empty_files", []), files=d.get("files", 0), bytes_in=d.get("bytes_in", 0))
 
@@ -82,7 +88,7 @@ class Stats:
 _worker: dict = {}
 
 
-def init_worker(tokenizer_dir: str, skip_sets: Sequence[str], parent_pid: int) -> None:
+def init_worker(tokenizer_dir: str, reader: RowReader, parent_pid: int) -> None:
     from lit_gpt.tokenizer import Tokenizer
 
     exit_with_parent(parent_pid)  # blocked on the task pipe, a worker would otherwise outlive a killed parent forever
@@ -91,7 +97,7 @@ def init_worker(tokenizer_dir: str, skip_sets: Sequence[str], parent_pid: int) -
     tokenizer = Tokenizer(tokenizer_dir)
     if tokenizer.eos_id is None:
         raise DataError(f"{tokenizer.path}: tokenizer has no EOS token")
-    _worker.update(tokenizer=tokenizer, skip=frozenset(skip_sets), dtype=dtype_for_vocab(tokenizer.vocab_size))
+    _worker.update(tokenizer=tokenizer, reader=reader, dtype=dtype_for_vocab(tokenizer.vocab_size))
 
 
 def encode_with_eos(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -101,38 +107,10 @@ def encode_with_eos(tokenizer, texts: list[str]) -> list[list[int]]:
     return [ids + [tokenizer.eos_id] for ids in tokenizer.encode_batch(texts)]
 
 
-def parse_lines(name: str, first_line: int, blob: bytes, skip: frozenset, stats: Stats) -> tuple[list, list]:
-    """Texts and set names of the usable rows; bad rows are counted in `stats` with where they were."""
-    texts, sets = [], []
-    for i, line in enumerate(blob.split(b"\n")):
-        if not line.strip():
-            continue
-        where = f"{name}:{first_line + i}"
-        try:
-            row = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            stats.add_bad("invalid UTF-8", where)
-            continue
-        except ValueError:
-            stats.add_bad("malformed JSON", where)
-            continue
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            stats.add_bad("no text field", where)
-            continue
-        meta = row.get("meta")
-        set_name = str(meta.get("redpajama_set_name", "unknown")) if isinstance(meta, dict) else "unknown"
-        if set_name in skip:
-            stats.skipped[set_name] += 1
-            continue
-        texts.append(row["text"])
-        sets.append(set_name)
-    return texts, sets
-
-
-def tokenize_batch(name: str, first_line: int, blob: bytes) -> tuple[np.ndarray, np.ndarray, list, Stats]:
-    """(all tokens, tokens per document, set per document, stats of the bad/skipped rows) of one batch of lines."""
+def tokenize_batch(batch: tuple) -> tuple[np.ndarray, np.ndarray, list, Stats]:
+    """(all tokens, tokens per document, set per document, stats of the bad/skipped rows) of one batch."""
     stats = Stats()
-    texts, sets = parse_lines(name, first_line, blob, _worker["skip"], stats)
+    texts, sets = read_batch(batch, _worker["reader"], stats)
     ids = encode_with_eos(_worker["tokenizer"], texts)
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=_worker["dtype"], count=int(lengths.sum()))
@@ -141,18 +119,6 @@ def tokenize_batch(name: str, first_line: int, blob: bytes) -> tuple[np.ndarray,
 
 # ----------------------------------------------------------------------------------------------------------------
 # Main process
-
-
-def split_batches(data: bytes, size: int = BATCH_BYTES) -> list[tuple[int, bytes]]:
-    """(first line number, bytes) pieces of about `size` bytes, cut at line ends."""
-    batches, start, line = [], 0, 1
-    while start < len(data):
-        end = data.find(b"\n", min(start + size, len(data)) - 1)
-        end = len(data) if end < 0 else end + 1
-        batches.append((line, data[start:end]))
-        line += data.count(b"\n", start, end)
-        start = end
-    return batches
 
 
 def file_sha256(path: Union[str, Path]) -> str:
@@ -221,25 +187,28 @@ class Progress:
             print(file=self.stream)
 
 
-def prepare(source, split: str, tokenizer_dir: Union[str, Path], destination: Union[str, Path],
-            chunk_size: int = 2049 * 1024, skip_sets: Sequence[str] = ("RedPajamaGithub",),
-            max_files: Optional[int] = None, max_tokens: Optional[int] = None, num_workers: Optional[int] = None,
-            download_workers: int = 4, prefix: Optional[str] = None, progress_every: float = 10.0,
+def prepare(source, include: Union[str, Sequence[str]], tokenizer_dir: Union[str, Path],
+            destination: Union[str, Path], prefix: str, exclude: Sequence[str] = (), reader: RowReader = RowReader(),
+            chunk_size: int = 2049 * 1024, max_files: Optional[int] = None, max_tokens: Optional[int] = None,
+            num_workers: Optional[int] = None, download_workers: int = 4, progress_every: float = 10.0,
             log=functools.partial(print, flush=True)) -> Stats:
-    """Tokenizes `split` of `source` (a LocalSource/HttpSource/HuggingFaceSource) into `{prefix}_*.bin` chunks."""
+    """Tokenizes the files of `source` (a LocalSource/HttpSource/HuggingFaceSource) that the `include` globs
+    select and no `exclude` glob does, in natural order, into `{destination}/{prefix}_*.bin` chunks; `reader` says
+    which field holds the text and which rows to keep."""
     from lit_gpt.tokenizer import Tokenizer
 
     num_workers = num_workers or os.cpu_count() or 1
-    prefix = prefix or f"{split}_slimpajama"
+    include = [include] if isinstance(include, str) else list(include)
     try:
         tokenizer = Tokenizer(tokenizer_dir)
     except (FileNotFoundError, ValueError) as e:
         raise DataError(str(e)) from None
-    names = source.list_split(split)[:max_files]
+    names = source.list_files(include, exclude)[:max_files]
+    what = f"{source.describe()} {' '.join(include)}"
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
-    options = {"split": split, "prefix": prefix, "chunk_size": chunk_size, "skip_sets": sorted(skip_sets),
-               "max_tokens": max_tokens, "tokenizer_sha256": file_sha256(tokenizer.path)}
+    options = {"include": include, "exclude": list(exclude), "prefix": prefix, "chunk_size": chunk_size,
+               "max_tokens": max_tokens, "tokenizer_sha256": file_sha256(tokenizer.path), **reader.options()}
     manifest = Manifest(destination / f"{prefix}.manifest.json", options)
     writer = PackedDatasetWriter(destination, prefix, chunk_size, tokenizer.vocab_size)
     for stale in destination.glob(f".{manifest.path.name}.tmp-*"):  # left by a kill during a manifest write
@@ -258,7 +227,7 @@ def prepare(source, split: str, tokenizer_dir: Union[str, Path], destination: Un
     if names[: len(done)] != done:
         raise DataError(f"{manifest.path}: the files done so far are not the first files of {source.describe()}")
     todo = names[len(done):]
-    log(f"{source.describe()} {split}: {len(names)} files, {len(done)} done before, {len(todo)} to go, "
+    log(f"{what}: {len(names)} files, {len(done)} done before, {len(todo)} to go, "
         f"{num_workers} tokenizer processes -> {destination}/{prefix}_*.bin")
 
     stats, progress = manifest.stats, Progress(len(names), progress_every)
@@ -266,12 +235,17 @@ def prepare(source, split: str, tokenizer_dir: Union[str, Path], destination: Un
     total_tokens = writer.counter * chunk_size + writer.n_buffered
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     tokenizers = ProcessPoolExecutor(num_workers, mp_context=context, initializer=init_worker,
-                                     initargs=(str(tokenizer_dir), tuple(skip_sets), os.getpid()))
+                                     initargs=(str(tokenizer_dir), reader, os.getpid()))
     # start the processes before any thread exists (fork after threads is unsafe), and surface init errors
     for f in [tokenizers.submit(os.getpid) for _ in range(num_workers)]:
         f.result()
+    downloads = destination / f".{prefix}.downloads"  # remote files while they are read; a killed run's are stale
+    shutil.rmtree(downloads, ignore_errors=True)
+    if source.remote:
+        downloads.mkdir()
+    fetch = functools.partial(fetch_file, source, folder=downloads, reader=reader, log=log)
     fetchers = ThreadPoolExecutor(download_workers)
-    fetched: deque[Future] = deque(fetchers.submit(fetch_file, source, n, log) for n in todo[: download_workers + 1])
+    fetched: deque[Future] = deque(fetchers.submit(fetch, n) for n in todo[: download_workers + 1])
     pending: deque = deque()  # (future or None, file name, None or the file's facts when it is its last batch)
     max_pending = 2 * num_workers + 2
 
@@ -293,7 +267,9 @@ def prepare(source, split: str, tokenizer_dir: Union[str, Path], destination: Un
             progress.update(docs=len(lengths), tokens=len(tokens))
         reached = max_tokens is not None and total_tokens >= max_tokens
         if file_facts is not None or reached:
-            raw_size, damage = file_facts or (0, None)
+            raw_size, damage, temporary = file_facts or (0, None, None)
+            if temporary is not None:  # a downloaded file: all its batches are read
+                temporary.unlink(missing_ok=True)
             stats.files += 1
             stats.bytes_in += raw_size
             if damage:
@@ -309,24 +285,23 @@ def prepare(source, split: str, tokenizer_dir: Union[str, Path], destination: Un
     def run() -> None:
         for i, name in enumerate(todo):
             try:
-                raw_size, data, damage = fetched.popleft().result()
+                raw_size, batches, damage, temporary = fetched.popleft().result()
             except DataError:
                 while pending:  # keep (and record) the work done before the failure, then report it
                     if finish_one():
                         break
                 raise
             if i + download_workers + 1 < len(todo):
-                fetched.append(fetchers.submit(fetch_file, source, todo[i + download_workers + 1], log))
+                fetched.append(fetchers.submit(fetch, todo[i + download_workers + 1]))
             progress.update(bytes=raw_size)
             if raw_size == 0:
                 log(f"warning: {name}: empty file")
             if damage:
-                log(f"warning: {name}: {damage}; keeping the complete lines before the damage")
-                data = data[: data.rfind(b"\n") + 1]
-            batches = split_batches(data) or [(1, b"")]
-            for j, (line, blob) in enumerate(batches):
-                facts = (raw_size, damage) if j == len(batches) - 1 else None
-                pending.append((tokenizers.submit(tokenize_batch, name, line, blob), name, facts))
+                log(f"warning: {name}: {damage}; keeping what is readable before the damage")
+            batches = batches or [("lines", name, 1, b"")]
+            for j, batch in enumerate(batches):
+                facts = (raw_size, damage, temporary) if j == len(batches) - 1 else None
+                pending.append((tokenizers.submit(tokenize_batch, batch), name, facts))
                 while len(pending) > max_pending:
                     if finish_one():
                         return
@@ -342,25 +317,16 @@ def prepare(source, split: str, tokenizer_dir: Union[str, Path], destination: Un
     finally:
         fetchers.shutdown(wait=False, cancel_futures=True)
         tokenizers.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(downloads, ignore_errors=True)
     progress.close()
     if writer.counter == 0 and writer.n_buffered == 0:
         manifest.path.unlink()  # nothing was written: leave the destination as it was, so a rerun starts afresh
         why = (f"{len(stats.damaged_files)} damaged, {len(stats.empty_files)} empty, "
-               f"{sum(stats.skipped.values())} documents skipped, {sum(stats.malformed.values())} malformed rows")
-        raise DataError(f"{source.describe()} {split}: no tokens to write from {stats.files} files ({why})")
+               f"{sum(stats.skipped.values())} documents skipped, {sum(stats.filtered.values())} filtered out, "
+               f"{sum(stats.malformed.values())} malformed rows")
+        raise DataError(f"{what}: no tokens to write from {stats.files} files ({why})")
     log(summary(stats, time.perf_counter() - start, destination, prefix, writer))
     return stats
-
-
-def fetch_file(source, name: str, log) -> tuple[int, bytes, Optional[str]]:
-    """(compressed size, text bytes, what is wrong with the file or None)."""
-    raw = source.fetch(name)
-    data, damage = decompress(name, raw)
-    if damage and source.remote:  # a transfer error looks the same as a damaged file: download it once more
-        log(f"warning: {name}: {damage}; downloading it again")
-        raw = source.fetch(name)
-        data, damage = decompress(name, raw)
-    return len(raw), data, damage
 
 
 def summary(stats: Stats, elapsed: float, destination: Path, prefix: str, writer: PackedDatasetWriter) -> str:
@@ -373,6 +339,8 @@ def summary(stats: Stats, elapsed: float, destination: Path, prefix: str, writer
         lines.append(f"  {set_name:<{width}} {stats.docs[set_name]:>12,} {stats.tokens[set_name]:>15,}")
     for set_name in sorted(stats.skipped):
         lines.append(f"  {set_name:<{width}} {stats.skipped[set_name]:>12,} {'skipped':>15}")
+    for rule, n in sorted(stats.filtered.items()):
+        lines.append(f"  filtered out by {rule}: {n:,}")
     for reason, n in sorted(stats.malformed.items()):
         lines.append(f"  malformed rows ({reason}): {n:,}, e.g. {', '.join(stats.examples.get(reason, []))}")
     for name, damage in stats.damaged_files.items():

@@ -11,7 +11,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from lit_gpt.config import Config
+from lit_gpt.config import Config, padded_vocab_size
 from lit_gpt.training.args import TrainArgs, parse_args
 from lit_gpt.training.lm_eval_hook import check_lm_eval_args
 from lit_gpt.training.loop import Trainer
@@ -143,9 +143,17 @@ def _num_devices(devices: Union[int, str], accelerator: str) -> int:
 
 
 def _model_config(args: TrainArgs) -> Config:
+    """The model's shape; one line when the run's tokenizer has more pieces than the model has embedding rows."""
+    from lit_gpt.tokenizer import Tokenizer
+
     try:
-        if args.model_config is not None:
-            return Config.from_file(args.model_config)
-        return Config.from_name(args.model_name)
+        config = Config.from_file(args.model_config) if args.model_config else Config.from_name(args.model_name)
+        tokenizer = Tokenizer(args.tokenizer_dir) if args.tokenizer_dir else None
     except (FileNotFoundError, ValueError) as e:
         raise TrainError(str(e)) from None
+    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
+        raise TrainError(f"{tokenizer.path}: {tokenizer.vocab_size:,} pieces, more than the model's vocab_size "
+                         f"{config.vocab_size:,}; give a --model_config with vocab_size "
+                         f"{padded_vocab_size(tokenizer.vocab_size):,} (scripts/train_tokenizer.py --model_name "
+                         "writes one)")
+    return config
