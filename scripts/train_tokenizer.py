@@ -37,6 +37,7 @@ from lit_gpt.config import Config, padded_vocab_size
 from lit_gpt.data import cli
 from lit_gpt.data.formats import DataError, iter_texts
 from lit_gpt.data.prepare import Stats
+from lit_gpt.layout import MODEL_CONFIG
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.utils import replace_folder
 
@@ -143,7 +144,7 @@ def main(argv=None) -> None:
             if model_config is not None:
                 model_config = replace(model_config, vocab_size=padded_vocab_size(loaded.vocab_size),
                                        bos_id=loaded.bos_id, eos_id=loaded.eos_id)
-                model_config.save(out / "model_config.json")
+                model_config.save(out / MODEL_CONFIG)
             replace_folder(out, args.out_dir)
     except (DataError, OSError, ValueError) as e:
         sys.exit(f"error: {e}")
