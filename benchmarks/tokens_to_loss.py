@@ -33,9 +33,9 @@ from lit_gpt.layout import METRICS_CSV  # noqa: E402
 from lit_gpt.training.metrics import read_metrics  # noqa: E402
 
 ARMS = [("adamw", "cosine"), ("adamw", "wsd"), ("muon", "cosine"), ("muon", "wsd")]
-# CPU: sized for ~15 minutes on a shared 2-core machine (~1 s per step there); lr 3e-3 as in pretrain/debug.py (the
-# seed recipe's 4e-4 barely moves so small a model in 100 steps), the same for every arm
-CPU = dict(model="debug", block_size=64, batch=8, micro_batch=8, steps=100, lr=3e-3, warmup=10, eval_interval=10,
+# CPU: sized for the shared 2-core test machine (2-3 s per step there under load); lr 3e-3 as in pretrain/debug.py
+# (the seed recipe's 4e-4 barely moves so small a model in 60 steps), the same for every arm
+CPU = dict(model="debug", block_size=64, batch=8, micro_batch=8, steps=60, lr=3e-3, warmup=6, eval_interval=6,
            eval_iters=4, seeds=2)
 MICROLLAMA = dict(model="MicroLlama-300M", block_size=2048, batch=48, micro_batch=12, steps=2000, lr=4e-4,
                   warmup=200, eval_interval=100, eval_iters=20, seeds=3)
@@ -163,7 +163,7 @@ def main(argv=None) -> None:
             print(f"{optimizer}+{schedule} seed {seed}: final val loss {curve[-1][1]:.4f}", flush=True)
     target = statistics.mean(c[-1][1] for c in curves[("adamw", "cosine")])
     text = (f"{args.model}, block {args.block_size}, global batch {args.batch}, {args.steps} steps "
-            f"({args.steps * args.batch * args.block_size:,} tokens), lr {args.lr} (min {args.lr / 10}), warm-up "
+            f"({args.steps * args.batch * args.block_size:,} tokens), lr {args.lr:g} (min {args.lr / 10:g}), warm-up "
             f"{args.warmup}, wsd decay over the last 20%, validation every {args.eval_interval} steps "
             f"({args.eval_iters} batches), {args.seeds} seeds\n\n" + table(curves, target))
     print(text)

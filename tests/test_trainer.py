@@ -228,6 +228,12 @@ def test_wsd_decay_from_a_stable_checkpoint(tiny_data, tmp_path):
                  "wsd decay would start at step 6", "max_steps 6")
 
 
+def test_error_muon_lr_without_learning_rate(tiny_data, tmp_path):
+    """--muon_lr is a multiple of the scheduled learning_rate: with learning_rate 0 it would be undefined."""
+    expect_error(tiny_args(tiny_data, tmp_path / "out", "--optimizer", "muon", "--learning_rate", "0", "--muon_lr",
+                           "1e-2"), "--muon_lr follows the schedule of --learning_rate", "must be > 0")
+
+
 def test_cli_yaml_and_overrides(tmp_path):
     for name in ("microllama", "tinyllama", "debug"):
         args = parse_args(TrainArgs(), ["--config", str(ROOT / "configs" / f"{name}.yaml")])

@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 
 
-def _is_dtensor(t: torch.Tensor) -> bool:
+def _is_dtensor(t: torch.Tensor) -> bool:  # by name: one-device runs need not import torch.distributed
     return type(t).__name__ == "DTensor"
 
 
@@ -83,7 +83,8 @@ class MuonAdamW(torch.optim.AdamW):
             scratch = torch.zeros_like(update)
             self._scratch[key] = scratch, torch.optim.Muon([scratch], momentum=0.0, weight_decay=0.0)
         scratch, muon = self._scratch[key]
-        muon.param_groups[0].update({k: group[k] for k in self._muon_keys}, lr=group["lr"])
+        # keys a checkpoint of another torch version may lack keep this version's defaults
+        muon.param_groups[0].update({k: group[k] for k in self._muon_keys if k in group}, lr=group["lr"])
         muon.state.clear()
         scratch.zero_()
         scratch.grad = update

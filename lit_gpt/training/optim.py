@@ -43,6 +43,9 @@ def decay_start(args: TrainArgs, max_steps: int) -> int:
 
 
 def check_schedule(args: TrainArgs, max_steps: int) -> None:
+    if args.muon_lr is not None and not args.learning_rate:
+        raise TrainError("--muon_lr follows the schedule of --learning_rate as a multiple of it: learning_rate "
+                         "must be > 0")
     if args.lr_schedule != "wsd":
         return
     if not 0 < args.decay_fraction <= 1:
@@ -65,7 +68,7 @@ def set_learning_rates(optimizer: torch.optim.Optimizer, step: int, args: TrainA
     """Sets every param group's lr for `step`: the schedule's, and the Muon groups' muon_lr scaled by the same
     factor. Returns the AdamW lr (the one logged)."""
     lr = scheduled_lr(step, args, max_steps)
-    muon_lr = lr * (args.muon_lr or args.learning_rate) / args.learning_rate
+    muon_lr = lr if args.muon_lr is None else lr * args.muon_lr / args.learning_rate  # check_schedule: lr > 0
     for group in optimizer.param_groups:
         group["lr"] = muon_lr if group.get("muon") else lr
     return lr
