@@ -38,9 +38,10 @@ def launch(argv: list[str], env_extra: dict[str, str] = {}, fabric_run: list[str
 
 
 def args(data: Path, out: Path, *extra: str) -> list[str]:
-    # 2 processes x micro batch 2 x accumulation 2 = global batch 8; checkpoints at steps 4 and 8
+    # 2 processes x micro batch 2 x accumulation 2 = global batch 8; checkpoints at steps 4 and 8; no tokenizer (the
+    # debug recipe's 4096 pieces would not fit the tiny model's 512-token vocabulary)
     return ["--model_name", "tiny", "--block_size", "64", "--train_data_dir", str(data), "--train_prefixes", "[train]",
-            "--val_data_dir", "null", "--out_dir", str(out), "--global_batch_size", "8", "--micro_batch_size", "2",
+            "--val_data_dir", "null", "--tokenizer_dir", "null", "--out_dir", str(out), "--global_batch_size", "8", "--micro_batch_size", "2",
             "--max_steps", "8", "--warmup_steps", "2", "--learning_rate", "1e-2", "--min_lr", "1e-3",
             "--log_interval", "1", "--save_interval", "4", "--loggers", "[]", "--keep_last_k", "null", *extra]
 
