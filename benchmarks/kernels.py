@@ -1,5 +1,7 @@
 """Per-kernel time and peak memory (forward + backward) of lit_gpt's Triton kernels against the PyTorch eager
-reference, the torch.compile'd reference, and Liger's kernels when liger_kernel imports.
+reference, the torch.compile'd reference, and Liger's kernels when liger_kernel imports; attention per backend
+(cuDNN, SDPA, flash-attn 2 and 3, xformers; eager = SDPA's math kernel) and the whole SwiGLU MLP with our Triton
+SwiGLU against xformers.ops.swiglu. A backend that is not installed or does not work here is a row saying why.
 
   python benchmarks/kernels.py                 # MicroLlama-300M shapes, micro batch 16, T=2048, bf16
   python benchmarks/kernels.py --tiny          # tiny shapes on the CPU (kernels interpreted), a smoke test
@@ -35,10 +37,13 @@ def cases(config, B, T, device, dtype):
     """(name, {implementation: callable(*inputs)}, make_inputs) per kernel; each callable returns the outputs."""
     import torch
 
+    import torch.nn.functional as F
+
     from lit_gpt.kernels import (
         add_rms_norm, add_rms_norm_reference, apply_rope, apply_rope_reference, linear_cross_entropy,
-        linear_cross_entropy_reference, rms_norm, rms_norm_reference, swiglu_packed, swiglu_reference,
+        linear_cross_entropy_reference, rms_norm, rms_norm_reference, swiglu_packed, swiglu_reference, xformers_mlp,
     )
+    from lit_gpt.kernels.optional import installed
     from lit_gpt.ops import build_rope_cache
 
     C, H, K, hs, I, V = (config.n_embd, config.n_head, config.n_query_groups, config.head_size,
@@ -63,6 +68,7 @@ def cases(config, B, T, device, dtype):
         pass
     N = B * T
     targets = torch.randint(0, V, (N,), device=device)
+    gqa = lambda: (rand(B, T, H, hs), rand(B, T, K, hs), rand(B, T, K, hs))  # noqa: E731
     out = [
         ("rms_norm", {"triton": lambda x, w: rms_norm(x, w, 1e-5),
                       "eager": lambda x, w: rms_norm_reference(x, w, 1e-5)},
@@ -78,11 +84,34 @@ def cases(config, B, T, device, dtype):
         ("linear_cross_entropy", {"triton": lambda x, w, t: linear_cross_entropy(x, w, t),
                                   "eager": lambda x, w, t: linear_cross_entropy_reference(x, w, t)},
          lambda: (rand(N, C), rand(V, C), targets)),
+        ("attention", attention_impls(device, dtype), gqa),
+        ("swiglu mlp", {"triton": lambda x, w12, w3: F.linear(swiglu_packed(F.linear(x, w12)), w3),
+                        "eager": lambda x, w12, w3: F.linear(swiglu_reference(*F.linear(x, w12).chunk(2, -1)), w3),
+                        "xformers": xformers_mlp if installed("xformers") else "not run: xformers is not installed"},
+         lambda: (rand(B, T, C), rand(2 * I, C), rand(C, I))),
     ]
     for name, impls, _ in out:
         if name in liger:
             impls["liger"] = liger[name]
     return out
+
+
+def attention_impls(device, dtype) -> dict:
+    """Causal GQA attention per backend: the function, or "not run: why" for one that cannot run here."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from lit_gpt.kernels.attention import BACKENDS, backend_function, why_unusable
+    from lit_gpt.ops import sdpa
+
+    def math_sdpa(q, k, v):
+        with sdpa_kernel([SDPBackend.MATH]):
+            return sdpa(q, k, v)
+
+    impls = {"eager": math_sdpa}
+    for backend in BACKENDS[1:]:
+        why = why_unusable(backend, device, dtype)
+        impls[backend] = backend_function(backend) if why is None else f"not run: {why}"
+    return impls
 
 
 def measure(fn, make_inputs, device, iters):
@@ -131,6 +160,9 @@ def main(argv=None):
             impls["compiled eager"] = torch.compile(impls["eager"])
         eager_ms = None
         for impl, fn in sorted(impls.items(), key=lambda kv: kv[0] != "eager"):
+            if isinstance(fn, str):  # an optional backend that cannot run here, and why
+                print(f"| {name} | {impl} | {fn} | | |", flush=True)
+                continue
             print(f"measuring {name} / {impl} ...", file=sys.stderr, flush=True)
             try:
                 ms, gib = measure(fn, make_inputs, device, args.iters)

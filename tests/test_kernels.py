@@ -485,13 +485,13 @@ def test_cuda_attention_backends_match_float64(backend, n_head, n_kv, T):
     """Each attention backend (cuDNN is the default on Hopper), GQA without repeating k/v where the backend takes
     it, forward and gradients against float64 on fresh bf16 inputs; GQA 16/4, MHA, MQA, odd lengths. An optional
     backend that is not installed or does not work here is skipped, saying why."""
-    from lit_gpt.kernels.attention import _why_unusable, causal_attention, resolve_backend, set_attention_backend
+    from lit_gpt.kernels.attention import causal_attention, resolve_backend, set_attention_backend, why_unusable
     from lit_gpt.kernels.optional import ATTENTION_PACKAGES, installed
 
     if backend in ATTENTION_PACKAGES:
         if not installed(ATTENTION_PACKAGES[backend][0]):
             pytest.skip(f"{ATTENTION_PACKAGES[backend][1]} is not installed")
-        why = _why_unusable(backend, DEVICE, torch.bfloat16)
+        why = why_unusable(backend, DEVICE, torch.bfloat16)
         if why is not None:
             pytest.skip(f"{backend} does not work here: {why}")
     seed = n_head * 1000 + T

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -34,8 +34,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from lit_gpt.kernels.optional import ATTENTION_PACKAGES, Unavailable, first_line, installed, load_attention
 from lit_gpt.ops import sdpa
 
-__all__ = ["BACKENDS", "causal_attention", "check_backend", "describe_attention", "resolve_backend",
-           "set_attention_backend"]
+__all__ = ["BACKENDS", "backend_function", "causal_attention", "check_backend", "describe_attention",
+           "resolve_backend", "set_attention_backend", "why_unusable"]
 
 BACKENDS = ("auto", "cudnn", "flash_attn", "flash_attn3", "xformers", "sdpa")
 _CUDNN_FIRST = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
@@ -79,12 +79,19 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     if _settings["repeat_kv"] and k.shape[2] != q.shape[2]:
         groups = q.shape[2] // k.shape[2]
         k, v = k.repeat_interleave(groups, dim=2), v.repeat_interleave(groups, dim=2)
+    return backend_function(backend)(q, k, v)
+
+
+def backend_function(backend: str) -> Callable:
+    """The attention function of one backend (not "auto"), for calling it directly (benchmarks/kernels.py)."""
     if backend in ATTENTION_PACKAGES:
-        return load_attention(backend)(q, k, v)
-    if backend == "cudnn":
-        with sdpa_kernel(_CUDNN_FIRST, set_priority=True):
-            return sdpa(q, k, v)
-    return sdpa(q, k, v)
+        return load_attention(backend)
+    return _cudnn_first if backend == "cudnn" else sdpa
+
+
+def _cudnn_first(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    with sdpa_kernel(_CUDNN_FIRST, set_priority=True):
+        return sdpa(q, k, v)
 
 
 # ---- choosing ---------------------------------------------------------------------------------------------------
@@ -116,24 +123,26 @@ def _decide(device: torch.device, dtype: torch.dtype) -> tuple[str, str]:
     sm = f"sm{major}{minor}"
     notes = []
     if requested != "auto":
-        why = _why_unusable(requested, device, dtype)
+        why = why_unusable(requested, device, dtype)
         if why is None:
             return requested, f"chosen on {sm}"
         notes.append(f"{requested} unusable: {why}")
     if major >= 9 and torch.backends.cudnn.is_available():
         auto = "cudnn"
     else:
-        flash_problem = _why_unusable("flash_attn", device, dtype)
+        flash_problem = why_unusable("flash_attn", device, dtype)
         auto = "flash_attn" if flash_problem is None else "sdpa"
         if flash_problem is not None and installed(ATTENTION_PACKAGES["flash_attn"][0]) and requested == "auto":
             notes.append(f"flash_attn unusable: {flash_problem}")
     return auto, "; ".join([f"auto on {sm}"] + notes)
 
 
-def _why_unusable(backend: str, device: torch.device, dtype: torch.dtype) -> Optional[str]:
-    """None when the backend runs here, else why not in one line (cached per device and dtype)."""
+def why_unusable(backend: str, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    """None when the backend runs on this device and dtype, else why not in one line (cached)."""
     if backend == "sdpa":
         return None
+    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return "takes half precision CUDA tensors only"
     if backend == "cudnn":
         return None if torch.backends.cudnn.is_available() else "cuDNN is not available in this torch"
     key = (backend, *_key(device, dtype))
