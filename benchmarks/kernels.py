@@ -37,13 +37,10 @@ def cases(config, B, T, device, dtype):
     """(name, {implementation: callable(*inputs)}, make_inputs) per kernel; each callable returns the outputs."""
     import torch
 
-    import torch.nn.functional as F
-
     from lit_gpt.kernels import (
         add_rms_norm, add_rms_norm_reference, apply_rope, apply_rope_reference, linear_cross_entropy,
-        linear_cross_entropy_reference, rms_norm, rms_norm_reference, swiglu_packed, swiglu_reference, xformers_mlp,
+        linear_cross_entropy_reference, rms_norm, rms_norm_reference, swiglu_packed, swiglu_reference,
     )
-    from lit_gpt.kernels.optional import installed
     from lit_gpt.ops import build_rope_cache
 
     C, H, K, hs, I, V = (config.n_embd, config.n_head, config.n_query_groups, config.head_size,
@@ -68,7 +65,6 @@ def cases(config, B, T, device, dtype):
         pass
     N = B * T
     targets = torch.randint(0, V, (N,), device=device)
-    gqa = lambda: (rand(B, T, H, hs), rand(B, T, K, hs), rand(B, T, K, hs))  # noqa: E731
     out = [
         ("rms_norm", {"triton": lambda x, w: rms_norm(x, w, 1e-5),
                       "eager": lambda x, w: rms_norm_reference(x, w, 1e-5)},
@@ -84,11 +80,6 @@ def cases(config, B, T, device, dtype):
         ("linear_cross_entropy", {"triton": lambda x, w, t: linear_cross_entropy(x, w, t),
                                   "eager": lambda x, w, t: linear_cross_entropy_reference(x, w, t)},
          lambda: (rand(N, C), rand(V, C), targets)),
-        ("attention", attention_impls(device, dtype), gqa),
-        ("swiglu mlp", {"triton": lambda x, w12, w3: F.linear(swiglu_packed(F.linear(x, w12)), w3),
-                        "eager": lambda x, w12, w3: F.linear(swiglu_reference(*F.linear(x, w12).chunk(2, -1)), w3),
-                        "xformers": xformers_mlp if installed("xformers") else "not run: xformers is not installed"},
-         lambda: (rand(B, T, C), rand(2 * I, C), rand(C, I))),
     ]
     for name, impls, _ in out:
         if name in liger:
@@ -96,22 +87,37 @@ def cases(config, B, T, device, dtype):
     return out
 
 
-def attention_impls(device, dtype) -> dict:
-    """Causal GQA attention per backend: the function, or "not run: why" for one that cannot run here."""
+def backend_cases(config, B, T, device, dtype):
+    """Like `cases`, for the choices between backends: causal GQA attention per backend (eager: SDPA's math
+    kernel) and the whole SwiGLU MLP (two GEMMs around our Triton SwiGLU, or xformers.ops.swiglu). An
+    implementation that cannot run here is the string "not run: why"."""
+    import torch
+    import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    from lit_gpt.kernels import swiglu_packed, swiglu_reference, xformers_mlp
     from lit_gpt.kernels.attention import BACKENDS, backend_function, why_unusable
+    from lit_gpt.kernels.optional import installed
     from lit_gpt.ops import sdpa
+
+    C, H, K, hs, I = config.n_embd, config.n_head, config.n_query_groups, config.head_size, config.intermediate_size
+
+    def rand(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype).requires_grad_()
 
     def math_sdpa(q, k, v):
         with sdpa_kernel([SDPBackend.MATH]):
             return sdpa(q, k, v)
 
-    impls = {"eager": math_sdpa}
+    attention = {"eager": math_sdpa}
     for backend in BACKENDS[1:]:
         why = why_unusable(backend, device, dtype)
-        impls[backend] = backend_function(backend) if why is None else f"not run: {why}"
-    return impls
+        attention[backend] = backend_function(backend) if why is None else f"not run: {why}"
+    mlp = {"triton": lambda x, w12, w3: F.linear(swiglu_packed(F.linear(x, w12)), w3),
+           "eager": lambda x, w12, w3: F.linear(swiglu_reference(*F.linear(x, w12).chunk(2, -1)), w3),
+           "xformers": xformers_mlp if installed("xformers") else "not run: xformers is not installed"}
+    return [("attention", attention, lambda: (rand(B, T, H, hs), rand(B, T, K, hs), rand(B, T, K, hs))),
+            ("swiglu mlp", mlp, lambda: (rand(B, T, C), rand(2 * I, C), rand(C, I)))]
 
 
 def measure(fn, make_inputs, device, iters):
@@ -155,7 +161,8 @@ def main(argv=None):
     print("| kernel | implementation | fwd+bwd ms | peak GiB | vs eager |")
     print("|---|---|---|---|---|")
     failed = []
-    for name, impls, make_inputs in cases(config, args.micro_batch, args.seq_len, device, dtype):
+    shapes = (config, args.micro_batch, args.seq_len, device, dtype)
+    for name, impls, make_inputs in cases(*shapes) + backend_cases(*shapes):
         if not args.no_compile:
             impls["compiled eager"] = torch.compile(impls["eager"])
         eager_ms = None
