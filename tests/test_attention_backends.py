@@ -11,8 +11,6 @@ import types
 import pytest
 import torch
 
-from lit_gpt.kernels import attention, optional
-from lit_gpt.kernels.swiglu import check_swiglu_backend
 from lit_gpt.training.launch import _check_accelerator_env
 from lit_gpt.training.loop import describe_accelerators
 from lit_gpt.utils import TrainError
@@ -22,9 +20,16 @@ CUDA = torch.device("cuda", 0)  # only a name: nothing runs on it (the probes ar
 PACKAGES = ["flash_attn", "flash_attn_interface", "xformers", "xformers.ops", "xformers.ops.fmha"]
 
 
+attention = optional = None  # lit_gpt.kernels' modules, imported by the fixture: importing them while the test
+# files are collected, before tests/test_kernels.py sets TRITON_INTERPRET=1, would make that whole file skip
+
+
 @pytest.fixture(autouse=True)
 def fake_gpu(monkeypatch):
     """An sm90 GPU with cuDNN, no optional package installed, probes on the CPU; the module's state restored."""
+    global attention, optional
+    from lit_gpt.kernels import attention, optional
+
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
     for name in PACKAGES:
@@ -100,6 +105,8 @@ def test_a_backend_chosen_without_its_package_is_a_one_line_error(monkeypatch):
     monkeypatch.setenv("LIT_GPT_SWIGLU", "xformers")
     with pytest.raises(TrainError, match="SwiGLU backend 'xformers' needs xformers"):
         _check_accelerator_env()
+    from lit_gpt.kernels.swiglu import check_swiglu_backend
+
     with pytest.raises(ValueError, match="unknown SwiGLU backend 'liger'"):
         check_swiglu_backend("liger")
 

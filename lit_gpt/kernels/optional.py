@@ -84,7 +84,7 @@ def _load_attention(backend: str) -> Callable:
     problem = _xformers_compiled_problem(lib)
     if problem:
         raise Unavailable(problem)
-    fmha = importlib.import_module("xformers.ops.fmha")
+    fmha = _import("xformers.ops.fmha", what)
     return functools.partial(_xformers_attention, fmha.memory_efficient_attention, fmha.LowerTriangularMask())
 
 
