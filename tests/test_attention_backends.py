@@ -184,7 +184,8 @@ def test_flash_attn3_is_taken_when_chosen_and_its_tuple_output_unpacked(monkeypa
 
 def test_auto_takes_flash_attn_2_before_hopper_and_says_why_when_it_is_broken(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    fake_module(monkeypatch, "flash_attn", flash_attn_func=lambda q, k, v, causal: attention_float64(q, k, v).to(q.dtype))
+    right = lambda q, k, v, causal: attention_float64(q, k, v).to(q.dtype)  # noqa: E731
+    fake_module(monkeypatch, "flash_attn", flash_attn_func=right)
     assert attention.describe_attention(CUDA, torch.bfloat16) == "attention: flash_attn (auto on sm80)"
     monkeypatch.setattr(optional, "_loaded", {})
     monkeypatch.setattr(attention, "_unusable", {})
