@@ -31,6 +31,11 @@ setup(
         "plot": ["matplotlib"],
         "kernels": ["triton>=3.6"],  # 3.6 ships with torch 2.11; kernels AOT-compile for sm_80/89/90 with 3.6 and 3.9
         "flash": ["flash-attn>=2.5"],
+        # xformers 0.0.35 is one wheel for CUDA 12.8 builds of torch >= 2.10 (pip keeps a torch that satisfies it):
+        # on a CPU build it installs and imports, its compiled part does not load, and attention falls back (one
+        # line at start-up). flash-attn 3 (LIT_GPT_ATTENTION=flash_attn3, Hopper) has no PyPI wheel: build it from
+        # flash-attention's hopper/ folder (`cd hopper && python setup.py install`); it imports as flash_attn_interface.
+        "xformers": ["xformers>=0.0.35", "torch>=2.10"],
         "test": [
             "pytest", "transformers>=4.44", "lm-eval>=0.4.2", "accelerate", "datasets>=2.18", "matplotlib",
             "triton>=3.7",  # the CPU interpreter the kernel tests use: 3.6's cannot loop over a scalar argument

@@ -9,6 +9,7 @@ WHEELS=(
   jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.14.0  # the trainer's CLI
   zstandard==0.25.0                                                       # .jsonl.zst data (tests)
   litgpt==0.5.13 liger-kernel==0.8.5                                      # peers in the benchmarks
+  xformers==0.0.35  # the accelerators stage; built for torch 2.10 + CUDA 12.8: its start-up probe says if it loads
 )
 "${PYTHON:-python3}" -m pip download --no-deps --only-binary=:all: --python-version "${PY_VERSION:-3.12}" \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \

@@ -1,5 +1,7 @@
 """Per-kernel time and peak memory (forward + backward) of lit_gpt's Triton kernels against the PyTorch eager
-reference, the torch.compile'd reference, and Liger's kernels when liger_kernel imports.
+reference, the torch.compile'd reference, and Liger's kernels when liger_kernel imports; attention per backend
+(cuDNN, SDPA, flash-attn 2 and 3, xformers; eager = SDPA's math kernel) and the whole SwiGLU MLP with our Triton
+SwiGLU against xformers.ops.swiglu. A backend that is not installed or does not work here is a row saying why.
 
   python benchmarks/kernels.py                 # MicroLlama-300M shapes, micro batch 16, T=2048, bf16
   python benchmarks/kernels.py --tiny          # tiny shapes on the CPU (kernels interpreted), a smoke test
@@ -85,6 +87,39 @@ def cases(config, B, T, device, dtype):
     return out
 
 
+def backend_cases(config, B, T, device, dtype):
+    """Like `cases`, for the choices between backends: causal GQA attention per backend (eager: SDPA's math
+    kernel) and the whole SwiGLU MLP (two GEMMs around our Triton SwiGLU, or xformers.ops.swiglu). An
+    implementation that cannot run here is the string "not run: why"."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from lit_gpt.kernels import swiglu_packed, swiglu_reference, xformers_mlp
+    from lit_gpt.kernels.attention import BACKENDS, backend_function, why_unusable
+    from lit_gpt.kernels.optional import installed
+    from lit_gpt.ops import sdpa
+
+    C, H, K, hs, I = config.n_embd, config.n_head, config.n_query_groups, config.head_size, config.intermediate_size
+
+    def rand(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype).requires_grad_()
+
+    def math_sdpa(q, k, v):
+        with sdpa_kernel([SDPBackend.MATH]):
+            return sdpa(q, k, v)
+
+    attention = {"eager": math_sdpa}
+    for backend in BACKENDS[1:]:
+        why = why_unusable(backend, device, dtype)
+        attention[backend] = backend_function(backend) if why is None else f"not run: {why}"
+    mlp = {"triton": lambda x, w12, w3: F.linear(swiglu_packed(F.linear(x, w12)), w3),
+           "eager": lambda x, w12, w3: F.linear(swiglu_reference(*F.linear(x, w12).chunk(2, -1)), w3),
+           "xformers": xformers_mlp if installed("xformers") else "not run: xformers is not installed"}
+    return [("attention", attention, lambda: (rand(B, T, H, hs), rand(B, T, K, hs), rand(B, T, K, hs))),
+            ("swiglu mlp", mlp, lambda: (rand(B, T, C), rand(2 * I, C), rand(C, I)))]
+
+
 def measure(fn, make_inputs, device, iters):
     """(median ms, peak GiB) of fn forward + backward on fresh inputs."""
     import torch
@@ -126,11 +161,15 @@ def main(argv=None):
     print("| kernel | implementation | fwd+bwd ms | peak GiB | vs eager |")
     print("|---|---|---|---|---|")
     failed = []
-    for name, impls, make_inputs in cases(config, args.micro_batch, args.seq_len, device, dtype):
+    shapes = (config, args.micro_batch, args.seq_len, device, dtype)
+    for name, impls, make_inputs in cases(*shapes) + backend_cases(*shapes):
         if not args.no_compile:
             impls["compiled eager"] = torch.compile(impls["eager"])
         eager_ms = None
         for impl, fn in sorted(impls.items(), key=lambda kv: kv[0] != "eager"):
+            if isinstance(fn, str):  # an optional backend that cannot run here, and why
+                print(f"| {name} | {impl} | {fn} | | |", flush=True)
+                continue
             print(f"measuring {name} / {impl} ...", file=sys.stderr, flush=True)
             try:
                 ms, gib = measure(fn, make_inputs, device, args.iters)

@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         for variant in variants:
             if not tt.available(variant):
                 report.add(part, tt.result_row(targs.model, variant, micro_batch, status=f"not run "
-                                               f"({tt.PEERS[variant]} not installed)", memory_cap_gib=cap))
+                                               f"({tt.required_module(variant)} not installed)", memory_cap_gib=cap))
             elif left() <= 0:
                 report.add(part, tt.result_row(targs.model, variant, micro_batch, status=f"skipped (--budget "
                                                f"{args.budget:g}s used)", memory_cap_gib=cap))

@@ -10,8 +10,9 @@
 #   bash benchmarks/run_gpu.sh sweep           # our two best variants at micro batch 8 and 32
 #   bash benchmarks/run_gpu.sh autotune        # our compiled rows with --compile-mode max-autotune-no-cudagraphs
 #   bash benchmarks/run_gpu.sh micro           # our other variants at micro batch 16 and the step breakdown
+#   bash benchmarks/run_gpu.sh accelerators    # kernels+compile with flash-attn 2 / 3, xformers attention or SwiGLU
 #   bash benchmarks/run_gpu.sh tests           # the CUDA test files (float64 references, trainer on the GPU)
-#   bash benchmarks/run_gpu.sh all             # every stage, in this order (~45 minutes)
+#   bash benchmarks/run_gpu.sh all             # every stage, in this order (~50 minutes)
 #   bash benchmarks/run_gpu.sh --dry-run STAGE...   # CPU rehearsal, below
 #
 # Output in $OUT (default out/gpu): environment.txt, then per stage <stage>.md (the table), <stage>.json (the rows)
@@ -27,7 +28,7 @@
 # Wheels in .whl/ (benchmarks/fetch_wheels.sh) are installed into /tmp/site first, for machines with no internet.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-ALL=(quick peers tinyllama kernels sweep autotune micro tests)
+ALL=(quick peers tinyllama kernels sweep autotune micro accelerators tests)
 dry=0
 [ "${1:-}" = --dry-run ] && { dry=1; shift; }
 stages=("$@")
@@ -86,6 +87,10 @@ run_stage() {
         --compile-mode max-autotune-no-cudagraphs --no-breakdown ;;
     micro)
       throughput micro --variants "lit_gpt compile" "lit_gpt kernels" "lit_gpt eager" --micro-batches 16 ;;
+    accelerators)  # rows whose package is missing or fails its start-up probe are skipped, saying why
+      throughput accelerators --variants "lit_gpt kernels+compile" "lit_gpt kernels+compile xformers" \
+        "lit_gpt kernels+compile xformers swiglu" "lit_gpt kernels+compile flash_attn3" \
+        "lit_gpt kernels+compile flash_attn" --micro-batches 16 --no-breakdown ;;
     tests)
       timeout "$BUDGET" "$PY" -m pytest -q -p no:cacheprovider "${tests[@]}" tests/test_kernels.py \
         tests/test_trainer_cuda.py tests/test_model.py 2>&1 | tee "$out/tests.log" ;;

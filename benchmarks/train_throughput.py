@@ -1,6 +1,8 @@
 """Training throughput of the real step (forward, backward, clip_grad_norm_, fused AdamW, bf16-mixed autocast):
 this project eager / with kernels / compiled / both (one GPU, as the trainer runs it there) / both under FSDP2 in a
-world of one process (bf16 parameters: each GPU's work in the multi-GPU recipe, minus the communication), against
+world of one process (bf16 parameters: each GPU's work in the multi-GPU recipe, minus the communication), kernels +
+compile with each optional accelerator (attention through flash-attn 2 / flash-attn 3 / xformers, or xformers'
+SwiGLU MLP; a row whose package is missing or fails its start-up probe is skipped, saying why), against
 the peers that import here (HF transformers LlamaForCausalLM eager / compiled / with Liger kernels, litgpt GPT eager
 / compiled).
 
@@ -36,7 +38,14 @@ PEERS = {  # variant -> module that must import
     "hf eager": "transformers", "hf compile": "transformers", "hf liger": "liger_kernel",
     "litgpt eager": "litgpt", "litgpt compile": "litgpt",
 }
-VARIANTS = OURS + list(PEERS)
+# ours with an optional accelerator: variant -> (module that must import, attention backend, SwiGLU backend)
+ACCELERATED = {
+    "lit_gpt kernels+compile flash_attn": ("flash_attn", "flash_attn", "triton"),
+    "lit_gpt kernels+compile flash_attn3": ("flash_attn_interface", "flash_attn3", "triton"),
+    "lit_gpt kernels+compile xformers": ("xformers", "xformers", "triton"),
+    "lit_gpt kernels+compile xformers swiglu": ("xformers", None, "xformers"),  # None: --attention's
+}
+VARIANTS = OURS + list(ACCELERATED) + list(PEERS)
 RESULT_TAG = "RESULT "
 ROW_KEYS = ["model", "variant", "micro_batch", "tokens_per_s", "mfu", "peak_gib", "device", "status"]
 
@@ -59,7 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend for the compiled rows")
     p.add_argument("--compile-mode", default="default", choices=["default", "max-autotune-no-cudagraphs"],
                    help="torch.compile mode for the compiled rows (the trainer's --compile_mode)")
-    p.add_argument("--attention", default="auto", help="lit_gpt attention backend: auto, cudnn, flash_attn, sdpa")
+    p.add_argument("--attention", default="auto",
+                   help="lit_gpt attention backend: auto, cudnn, flash_attn, flash_attn3, xformers, sdpa")
     p.add_argument("--no-breakdown", action="store_true", help="skip the per-part breakdown of the step")
     p.add_argument("--timeout", type=int, default=900, help="seconds allowed per variant process")
     p.add_argument("--memory-cap", type=float, default=None, metavar="GIB",
@@ -169,7 +179,6 @@ def run_worker(args) -> dict:
 
     from benchmarks.timing import synchronize
     from lit_gpt import Config
-    from lit_gpt.kernels.attention import set_attention_backend
     from lit_gpt.training.speed_monitor import mfu, peak_flops
 
     device = worker_device(args)
@@ -183,7 +192,9 @@ def run_worker(args) -> dict:
     if args.memory_cap is not None and device.type == "cuda":  # OOM past the cap, as on the smaller card
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap * 2**30 / total), device)
-    set_attention_backend(args.attention)
+    problem = use_accelerators(args, device)
+    if problem:
+        return {**row, "status": f"skipped ({problem})", "device": device_name(device)}
     torch.manual_seed(0)
     model, loss_fn = build(args.worker, config, device, args.compile_backend, args.compile_mode)
     fused = device.type == "cuda"
@@ -223,6 +234,28 @@ def run_worker(args) -> dict:
                peak_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
                device=device_name(device))
     return row
+
+
+def use_accelerators(args, device) -> str:
+    """Sets the row's attention and SwiGLU backends; returns why the row cannot run as named ('' when it can): an
+    accelerator variant off CUDA, or whose backend fails its start-up probe (the trainer would fall back)."""
+    import torch
+
+    from lit_gpt.kernels.attention import describe_attention, resolve_backend, set_attention_backend
+    from lit_gpt.kernels.swiglu import set_swiglu_backend
+
+    _, attention, swiglu = ACCELERATED.get(args.worker, (None, None, "triton"))
+    set_attention_backend(attention or args.attention)
+    set_swiglu_backend(swiglu)
+    if args.worker not in ACCELERATED:
+        return ""
+    if device.type != "cuda":
+        return "needs a CUDA GPU"
+    line = describe_attention(device, torch.bfloat16)  # the start-up probe, as in the trainer
+    print(line, file=sys.stderr, flush=True)
+    if attention and resolve_backend(device, torch.bfloat16) != attention:
+        return line
+    return ""
 
 
 def worker_device(args):
@@ -309,8 +342,12 @@ def run_row(args, variant: str, micro_batch: int, timeout: float) -> dict:
     return {**result_row(args.model, variant, micro_batch), **row, "row_s": round(time.monotonic() - started, 1)}
 
 
+def required_module(variant: str):
+    return PEERS.get(variant) or ACCELERATED.get(variant, (None,))[0]
+
+
 def available(variant: str) -> bool:
-    module = PEERS.get(variant)
+    module = required_module(variant)
     return module is None or importlib.util.find_spec(module) is not None
 
 
@@ -366,7 +403,7 @@ def main(argv=None) -> None:
 
     for variant in args.variants:
         if not available(variant):
-            skipped.append(f"{variant} ({PEERS[variant]} not installed)")
+            skipped.append(f"{variant} ({required_module(variant)} not installed)")
             continue
         for micro_batch in args.micro_batches:
             if out_of_budget():

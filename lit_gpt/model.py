@@ -156,7 +156,7 @@ class CausalSelfAttention(nn.Module):
                 raise RuntimeError("input_pos given but no KV cache: call model.set_kv_cache() first")
             k, v, mask = self.kv_cache.update(input_pos, k, v)
             y = sdpa(q, k, v, mask=mask)
-        elif x.is_cuda:  # cuDNN attention on Hopper, flash-attn 2 when installed, else SDPA; GQA without repeats
+        elif x.is_cuda:  # cuDNN on Hopper, flash-attn 2 when it works, else SDPA (or LIT_GPT_ATTENTION's choice)
             from lit_gpt.kernels.attention import causal_attention
 
             y = causal_attention(q, k, v)
@@ -197,8 +197,10 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernels and kernels_supported(x):  # one gradient tensor for [gate | up], no concatenation in backward
-            from lit_gpt.kernels import swiglu_packed
+            from lit_gpt.kernels import swiglu_backend, swiglu_packed, xformers_mlp
 
+            if swiglu_backend() == "xformers":  # LIT_GPT_SWIGLU=xformers: the whole MLP in xformers' op
+                return xformers_mlp(x, self.gate_up.weight, self.down.weight)
             return self.down(swiglu_packed(self.gate_up(x)))
         gate, up = self.gate_up(x).chunk(2, dim=-1)
         return self.down(F.silu(gate) * up)

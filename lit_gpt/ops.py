@@ -10,11 +10,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-try:  # optional accelerator, used on CUDA with half precision inputs (lit_gpt.kernels.attention)
-    from flash_attn import flash_attn_func
-except ImportError:  # pragma: no cover - depends on the environment
-    flash_attn_func = None
-
 
 def interpreting() -> bool:
     """True under TRITON_INTERPRET=1, where the kernels run (slowly) on CPU tensors: how the tests check them."""

@@ -46,9 +46,19 @@ def test_train_throughput_fails_when_a_lit_gpt_row_fails(tmp_path):
 
 def test_kernel_microbenchmarks_tiny():
     out = run("kernels.py", "--tiny", "--no-compile")
-    for kernel in ("rms_norm", "add_rms_norm", "rope", "swiglu", "linear_cross_entropy"):
+    for kernel in ("rms_norm", "add_rms_norm", "rope", "swiglu", "linear_cross_entropy", "swiglu mlp"):
         for impl in ("eager", "triton"):
             assert re.search(rf"^\| {kernel} \| {impl} \| \d+\.\d+ \|", out, re.M), (kernel, impl)
+    for impl in ("eager", "sdpa"):  # attention per backend; the others need half precision CUDA: rows saying so
+        assert re.search(rf"^\| attention \| {impl} \| \d+\.\d+ \|", out, re.M), impl
+    for impl in ("cudnn", "flash_attn", "flash_attn3", "xformers"):
+        assert f"| attention | {impl} | not run: takes half precision CUDA tensors only |" in out, impl
+    assert re.search(r"^\| swiglu mlp \| xformers \| (\d+\.\d+|not run: xformers is not installed) \|", out, re.M)
+
+
+def test_train_throughput_accelerator_rows_say_why_they_did_not_run():
+    out = run("train_throughput.py", "--tiny", "--no-breakdown", "--variants", "lit_gpt kernels+compile flash_attn3")
+    assert "not run: lit_gpt kernels+compile flash_attn3 (flash_attn_interface not installed)" in out
 
 
 def test_train_throughput_budget_skips_rows_and_still_prints_table(tmp_path):

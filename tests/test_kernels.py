@@ -25,6 +25,7 @@ from lit_gpt.kernels import (  # noqa: E402
 )
 from lit_gpt.kernels import rmsnorm as rmsnorm_module  # noqa: E402
 from lit_gpt.ops import build_rope_cache  # noqa: E402
+from tests.attention_reference import attention_float64, relative_error  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 if DEVICE.type == "cpu" and tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 7):
@@ -158,6 +159,41 @@ def test_swiglu_matches_float64(shape):
     close(y, y64)
     y.backward(dy)
     close(h.grad, h64.grad)
+
+
+def test_xformers_swiglu_mlp_matches_float64_and_the_model_uses_it_when_chosen():
+    """LIT_GPT_SWIGLU=xformers: xformers.ops.swiglu does the whole MLP (it has a CPU path: its eager op); the
+    model with kernels on then gives the reference's loss and gradients. Skipped without xformers."""
+    pytest.importorskip("xformers", reason="xformers is not installed (the extra lit_gpt[xformers])")
+    from lit_gpt.kernels.swiglu import set_swiglu_backend, swiglu_backend, xformers_mlp
+
+    C, I = 24, 40
+    x, w12, w3 = fresh(3, 5, C, seed=1), fresh(2 * I, C, seed=2, scale=0.3), fresh(C, I, seed=3, scale=0.3)
+    x, w12, w3 = (t.requires_grad_() for t in (x, w12, w3))
+    x64, w12_64, w3_64 = as64(x), as64(w12), as64(w3)
+    y64 = (swiglu_reference(*(x64 @ w12_64.T).chunk(2, dim=-1))) @ w3_64.T
+    y64.sum().backward()
+    y = xformers_mlp(x, w12, w3)
+    y.sum().backward()
+    close(y, y64, tol=1e-4)
+    for actual, expected in [(x.grad, x64.grad), (w12.grad, w12_64.grad), (w3.grad, w3_64.grad)]:
+        close(actual, expected, tol=1e-4)
+
+    config = Config.from_name("tiny", n_layer=2)
+    torch.manual_seed(0)
+    model = GPT(config).to(DEVICE)
+    idx = torch.randint(0, config.vocab_size, (2, 12), device=DEVICE)
+    loss_ref, grads_ref = model_loss_and_grads(model, idx, idx)
+    model.set_kernels(True)
+    set_swiglu_backend("xformers")
+    try:
+        assert swiglu_backend() == "xformers"
+        loss_x, grads_x = model_loss_and_grads(model, idx, idx)
+    finally:
+        set_swiglu_backend("triton")
+    close(loss_x, loss_ref, tol=1e-5)
+    for name, g in grads_ref.items():
+        torch.testing.assert_close(grads_x[name], g, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
 # ---- fused linear + cross-entropy -----------------------------------------------------------------------------
@@ -442,34 +478,22 @@ def test_cuda_gpt_bf16_kernels_match_reference():
         assert rel < 5e-2, f"{name}: relative gradient error {rel:.3g}"
 
 
-def attention_float64(q, k, v):
-    """Causal attention in float64 with k/v repeated to full heads: the reference for every backend."""
-    q, k, v = (t.double().transpose(1, 2) for t in (q, k, v))  # (B, heads, T, hs)
-    groups = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
-    T = q.shape[2]
-    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    y = scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v
-    return y.transpose(1, 2)
-
-
-def relative_error(actual, expected):
-    assert not torch.isnan(actual).any(), "NaN in attention output or gradient"
-    return float((actual.detach().double() - expected.detach()).norm() / expected.detach().norm())
-
-
 @pytest.mark.cuda
-@pytest.mark.parametrize("backend", ["auto", "cudnn", "sdpa", "flash_attn"])
-@pytest.mark.parametrize("n_head, n_kv, T", [(16, 4, 1000), (8, 8, 256), (12, 1, 333)])
+@pytest.mark.parametrize("backend", ["auto", "cudnn", "sdpa", "flash_attn", "flash_attn3", "xformers"])
+@pytest.mark.parametrize("n_head, n_kv, T", [(16, 4, 1001), (8, 8, 256), (12, 1, 333)])
 def test_cuda_attention_backends_match_float64(backend, n_head, n_kv, T):
-    """Each attention backend (cuDNN is the default on Hopper), GQA through enable_gqa without repeating k/v,
-    forward and gradients against float64 on fresh bf16 inputs."""
-    from lit_gpt.kernels.attention import causal_attention, set_attention_backend
-    from lit_gpt.ops import flash_attn_func
+    """Each attention backend (cuDNN is the default on Hopper), GQA without repeating k/v where the backend takes
+    it, forward and gradients against float64 on fresh bf16 inputs; GQA 16/4, MHA, MQA, odd lengths. An optional
+    backend that is not installed or does not work here is skipped, saying why."""
+    from lit_gpt.kernels.attention import causal_attention, resolve_backend, set_attention_backend, why_unusable
+    from lit_gpt.kernels.optional import ATTENTION_PACKAGES, installed
 
-    if backend == "flash_attn" and flash_attn_func is None:
-        pytest.skip("flash-attn not installed")
+    if backend in ATTENTION_PACKAGES:
+        if not installed(ATTENTION_PACKAGES[backend][0]):
+            pytest.skip(f"{ATTENTION_PACKAGES[backend][1]} is not installed")
+        why = why_unusable(backend, DEVICE, torch.bfloat16)
+        if why is not None:
+            pytest.skip(f"{backend} does not work here: {why}")
     seed = n_head * 1000 + T
     q = fresh(2, T, n_head, 64, seed=seed, dtype=torch.bfloat16).requires_grad_()
     k = fresh(2, T, n_kv, 64, seed=seed + 1, dtype=torch.bfloat16).requires_grad_()
@@ -477,15 +501,18 @@ def test_cuda_attention_backends_match_float64(backend, n_head, n_kv, T):
     dy = fresh(2, T, n_head, 64, seed=seed + 3, dtype=torch.bfloat16)
     set_attention_backend(backend)
     try:
+        assert backend == "auto" or resolve_backend(DEVICE, torch.bfloat16) == backend
         y = causal_attention(q, k, v)
         y.backward(dy)
+        with torch.no_grad():  # xformers takes grouped heads natively only without gradients: that path too
+            y_no_grad = causal_attention(q, k, v)
     finally:
         set_attention_backend("auto")
     q64, k64, v64 = as64(q), as64(k), as64(v)
     y_ref = attention_float64(q64, k64, v64)
     y_ref.backward(dy.double())
     assert y.shape == q.shape
-    for name, actual, expected in [("out", y, y_ref), ("dq", q.grad, q64.grad), ("dk", k.grad, k64.grad),
-                                   ("dv", v.grad, v64.grad)]:
+    for name, actual, expected in [("out", y, y_ref), ("out without grad", y_no_grad, y_ref), ("dq", q.grad, q64.grad),
+                                   ("dk", k.grad, k64.grad), ("dv", v.grad, v64.grad)]:
         err = relative_error(actual, expected)
         assert err < 2e-2, f"{backend} {name}: relative error {err:.3g}"

@@ -16,7 +16,7 @@ from benchmarks import device_image, gpu_check, quick
 from benchmarks.train_throughput import ROW_KEYS
 from tests.conftest import ROOT
 
-STAGES = ["quick", "peers", "tinyllama", "kernels", "sweep", "autotune", "micro", "tests"]
+STAGES = ["quick", "peers", "tinyllama", "kernels", "sweep", "autotune", "micro", "accelerators", "tests"]
 
 
 def run_gpu_sh(tmp_path, *args, timeout=900):
@@ -54,7 +54,7 @@ def test_dry_run_of_every_stage(tmp_path):
 
     table_header = "| variant | micro batch | tokens/s | MFU | peak GiB | step ms | first step s | row s |"
     by_variant = {}
-    for stage in ("peers", "tinyllama", "sweep", "autotune", "micro"):
+    for stage in ("peers", "tinyllama", "sweep", "autotune", "micro", "accelerators"):
         assert table_header in (out / f"{stage}.md").read_text(), stage
         for row in json.loads((out / f"{stage}.json").read_text())["rows"]:
             assert set(ROW_KEYS) <= set(row), row
@@ -66,7 +66,14 @@ def test_dry_run_of_every_stage(tmp_path):
     micro = (out / "micro.md").read_text()
     for part in ("GEMMs", "attention fwd+bwd", "norms + RoPE + SwiGLU", "lm_head + cross-entropy"):
         assert f"| {part}" in micro, part
-    assert "| rms_norm | triton |" in (out / "kernels.md").read_text()
+    kernels_md = (out / "kernels.md").read_text()
+    assert "| rms_norm | triton |" in kernels_md and "| attention | sdpa |" in kernels_md
+    assert "| attention | xformers | not run: " in kernels_md and "| swiglu mlp | triton |" in kernels_md
+    accelerated = json.loads((out / "accelerators.json").read_text())["rows"]  # skipped on the CPU, saying why
+    assert accelerated[0]["status"] == "ok"
+    assert all(r["status"].startswith("skipped (") for r in accelerated[1:]), accelerated
+    assert "lit_gpt kernels+compile flash_attn3 (flash_attn_interface not installed)" in (
+        out / "accelerators.md").read_text()
     assert "skipped" in (out / "tests.log").read_text()
 
 

@@ -4,18 +4,28 @@
 gradient of both halves into one (..., 2 * I) tensor, so autograd need not concatenate two gradients (a full
 extra read and write of the widest activation in the model). `swiglu(gate, up)` takes the halves separately.
 Math in float32: with s = sigmoid(g), d silu(g) / dg = s * (1 + g * (1 - s)).
+
+The model's MLP uses these ("triton", the default) unless LIT_GPT_SWIGLU=xformers (or `set_swiglu_backend`) hands
+the whole MLP to xformers.ops.swiglu (`xformers_mlp`), for measuring it against them (benchmarks/kernels.py).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from lit_gpt.kernels.optional import ATTENTION_PACKAGES, installed, xformers_swiglu
 from lit_gpt.kernels.utils import as_rows
 
-__all__ = ["swiglu", "swiglu_packed", "swiglu_reference"]
+__all__ = ["SWIGLU_BACKENDS", "check_swiglu_backend", "describe_swiglu", "set_swiglu_backend", "swiglu",
+           "swiglu_backend", "swiglu_packed", "swiglu_reference", "xformers_mlp"]
+
+SWIGLU_BACKENDS = ("triton", "xformers")
+_settings = {"backend": os.environ.get("LIT_GPT_SWIGLU", "triton")}
 
 BLOCK = 1024
 
@@ -153,3 +163,39 @@ def swiglu_packed(h: torch.Tensor) -> torch.Tensor:
 
 def swiglu_reference(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
+
+
+# ---- which SwiGLU the model's MLP uses ----------------------------------------------------------------------------
+def check_swiglu_backend(backend: str) -> None:
+    """Raises ValueError (one line) for an unknown SwiGLU backend or xformers chosen without xformers installed."""
+    if backend not in SWIGLU_BACKENDS:
+        raise ValueError(f"unknown SwiGLU backend {backend!r} (LIT_GPT_SWIGLU); choose one of "
+                         f"{', '.join(SWIGLU_BACKENDS)}")
+    if backend == "xformers" and not installed("xformers"):
+        raise ValueError(f"SwiGLU backend 'xformers' needs {ATTENTION_PACKAGES['xformers'][1]}")
+
+
+def set_swiglu_backend(backend: str = "triton") -> None:
+    check_swiglu_backend(backend)
+    _settings["backend"] = backend
+
+
+def swiglu_backend() -> str:
+    """The SwiGLU the model's MLP uses with kernels on (LIT_GPT_SWIGLU is checked at start-up: check_swiglu_backend)."""
+    return _settings["backend"]
+
+
+def describe_swiglu() -> str:
+    """One line for the start-up print, e.g. "SwiGLU: triton"; loads xformers' op when it is the one chosen."""
+    backend = swiglu_backend()
+    check_swiglu_backend(backend)
+    if backend == "xformers":
+        xformers_swiglu()  # imported here, before a compiled step could trace the import
+    return f"SwiGLU: {backend}"
+
+
+def xformers_mlp(x: torch.Tensor, gate_up_weight: torch.Tensor, down_weight: torch.Tensor) -> torch.Tensor:
+    """down(silu(x gate^T) * (x up^T)) in xformers.ops.swiglu; gate and up are views of the one fused weight, so
+    xformers sees them packed."""
+    gate, up = gate_up_weight.chunk(2)
+    return xformers_swiglu()(x, gate, None, up, None, down_weight, None)

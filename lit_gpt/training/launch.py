@@ -39,6 +39,7 @@ def launch(args: TrainArgs) -> None:
 
     args = _apply_launcher_env(_apply_fabric_run_env(args))
     check_loggers(args.loggers)
+    _check_accelerator_env()
     config = _model_config(args)
     block_size = args.block_size or config.block_size
     if block_size > config.block_size:
@@ -75,6 +76,22 @@ def _train_on_rank(fabric, args: TrainArgs, config: Config, block_size: int, str
         raise TrainError(
             f"out of memory on {fabric.device} with micro_batch_size {args.micro_batch_size} x block_size "
             f"{block_size}: lower --micro_batch_size or pass --activation_checkpointing true") from None
+
+
+def _check_accelerator_env() -> None:
+    """LIT_GPT_ATTENTION / LIT_GPT_SWIGLU naming an unknown backend or one whose package is missing: one line now,
+    before any process starts (a backend installed but broken falls back at start-up, saying so)."""
+    attention, swiglu = os.environ.get("LIT_GPT_ATTENTION", "auto"), os.environ.get("LIT_GPT_SWIGLU", "triton")
+    if (attention, swiglu) == ("auto", "triton"):
+        return  # the defaults: nothing to import
+    from lit_gpt.kernels.attention import check_backend
+    from lit_gpt.kernels.swiglu import check_swiglu_backend
+
+    try:
+        check_backend(attention)
+        check_swiglu_backend(swiglu)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
 
 
 def _shard_size(args: TrainArgs, strategy_name: str, n_local: int) -> Optional[int]:

@@ -106,6 +106,7 @@ class Trainer:
             f"{self.precision} | global batch {args.global_batch_size} = micro "
             f"{args.micro_batch_size} x {fabric.world_size} devices x {self.accum} accumulation | "
             f"{self.tokens_per_step} tokens/step, {self.max_steps} steps")
+        fabric.print(describe_accelerators(fabric.device, self.precision, args.kernels))  # decided on every rank
         if resume_path is not None:
             fabric.print(f"resumed from {resume_path} at step {self.step} ({self.tokens_seen} tokens seen)")
         previous = self._install_signal_handlers()
@@ -318,6 +319,19 @@ class Trainer:
             set_rng_state(state["rng"][rank])
         else:  # another world size: any rank's loader state places every rank (all handed out the same count);
             self.train_loader.load_state_dict(state["train_dataloader"][0])  # RNG streams stay as seeded
+
+
+def describe_accelerators(device: torch.device, precision: str, kernels: bool) -> str:
+    """The start-up line naming the attention backend and why (e.g. "attention: cudnn (auto on sm90)"), plus the
+    SwiGLU with kernels on. Deciding runs each optional backend's probe once, before any step is compiled."""
+    if device.type != "cuda":  # the model takes SDPA on the CPU (and lit_gpt.kernels needs triton to import)
+        return "attention: sdpa (cpu)"
+    from lit_gpt.kernels.attention import describe_attention
+    from lit_gpt.kernels.swiglu import describe_swiglu
+
+    dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision.split("-")[0], torch.float32)
+    line = describe_attention(device, dtype)
+    return f"{line} | {describe_swiglu()}" if kernels else line
 
 
 def fault_injection(step: int, rank: int) -> None:
