@@ -57,7 +57,9 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
     return load_model_state(latest_checkpoint(out))
 
 
-@pytest.mark.parametrize("strategy, optimizer", [("fsdp", "adamw"), ("ddp", "adamw"), ("fsdp", "muon")])
+# FSDP with Muon (whose optimizer holds AdamW groups too) covers the sharded optimizer state; FSDP + AdamW resumes
+# are also run by test_scaleout (HSDP, elastic) and test_pre_move_checkpoint, so it is not repeated here
+@pytest.mark.parametrize("strategy, optimizer", [("ddp", "adamw"), ("fsdp", "muon")])
 def test_two_process_kill_and_resume_is_exact(data, tmp_path, strategy, optimizer):
     common = ["--accelerator", "cpu", "--devices", "2", "--strategy", strategy, "--optimizer", optimizer]
     full = launch(args(data, tmp_path / "full", *common))
