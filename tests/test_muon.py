@@ -128,3 +128,23 @@ def test_fsdp_sharded_update_equals_the_unsharded_one_bit_for_bit():
              for rank in (0, 1)]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outputs)
+
+
+def test_a_muon_trained_model_exports_and_loads_in_transformers_like_any_other(tmp_path):
+    """The optimizer changes nothing about the model's format: a Muon run's checkpoint converts to an HF folder whose
+    LlamaForCausalLM logits equal lit_gpt's."""
+    from transformers import LlamaForCausalLM
+
+    from lit_gpt.checkpoint import find_config, load_model, load_model_state
+    from lit_gpt.convert import save_hf_folder
+    from lit_gpt.training import cli
+    from test_trainer import tiny_args, write_random_chunks
+
+    data = write_random_chunks(tmp_path / "data", "train", 20_000)
+    cli(TrainArgs(), tiny_args(data, tmp_path / "run", "--optimizer", "muon", "--max_steps", "3"))
+    save_hf_folder(load_model_state(tmp_path / "run"), find_config(tmp_path / "run"), tmp_path / "hf")
+    ids = torch.arange(0, 512, 41).reshape(1, -1)
+    with torch.no_grad():
+        expected = load_model(tmp_path / "run")(ids)
+        got = LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()(ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
