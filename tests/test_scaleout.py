@@ -34,8 +34,8 @@ def test_hybrid_and_no_reshard_match_full_fsdp_and_hybrid_resumes(data, tmp_path
     assert "strategy fsdp, 4 processes" in full.stdout
 
     hybrid = [*FOUR, "--fsdp_mode", "hybrid", "--shard_size", "2"]
-    killed = launch(args(data, tmp_path / "hsdp", *hybrid, "--reshard_after_forward", "false"),
-                    {"LIT_GPT_KILL_AFTER_STEP": "3"})
+    killed = launch(args(data, tmp_path / "hsdp", *hybrid, "--reshard_after_forward", "false", "--async_save", "false"),
+                    {"LIT_GPT_KILL_AFTER_STEP": "3"})  # saved at once: step 2 is complete when step 3 ends
     assert killed.returncode != 0 and latest_checkpoint(tmp_path / "hsdp").name == "step-00000002"
     assert "strategy fsdp (hybrid: 2 replicas x 2 shards, no reshard after forward), 4 processes" in killed.stdout
     resumed = launch(args(data, tmp_path / "hsdp", *hybrid, "--resume", "auto"))
@@ -95,7 +95,9 @@ def test_launcher_counts_win_over_the_recipes(monkeypatch, env, expected):
 
 
 SCONTROL = """#!/bin/sh
-# stands in for SLURM's scontrol: records its arguments, fails when told to
+# stands in for SLURM's scontrol: `show job` says whether the job is requeueable; `requeue` records its arguments and
+# fails when told to
+if [ "$1" = show ]; then echo "JobId=$3 JobName=train Requeue=${SCONTROL_REQUEUE:-1} Restarts=0"; exit 0; fi
 echo "$@" >> "$SCONTROL_LOG"
 echo "scontrol: error: Requeue of JobId=$2 disabled" >&2
 exit "${SCONTROL_STATUS:-0}"
@@ -123,6 +125,7 @@ def test_time_limit_signal_saves_requeues_once_and_exits_0(data, tmp_path):  # n
     assert latest_checkpoint(tmp_path / "out").name == f"step-{step:08d}"
     assert (tmp_path / "scontrol.log").read_text() == "requeue 1\n"
     assert "requeued SLURM job 1: it resumes from this checkpoint" in out
+    assert "not requeueable" not in out  # the start-up check found the job requeueable
 
 
 def test_requeue_is_auto_under_slurm_and_a_refusal_is_one_line(tmp_path, monkeypatch):
@@ -137,6 +140,21 @@ def test_requeue_is_auto_under_slurm_and_a_refusal_is_one_line(tmp_path, monkeyp
     assert requeue_slurm_job() == ("could not requeue SLURM job 42 (scontrol: error: Requeue of JobId=42 disabled); "
                                    "submit with --requeue, or resubmit it: it continues with --resume auto")
     assert (tmp_path / "scontrol.log").read_text() == "requeue 42\n"
+
+
+def test_a_job_that_cannot_be_requeued_is_told_at_start_up(tmp_path, monkeypatch):
+    from lit_gpt.training.processes import requeue_problem
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert requeue_problem() == "SLURM_JOB_ID is not set (not a SLURM job)"
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no scontrol
+    assert requeue_problem().startswith("`scontrol show job 42` failed: ")
+    for key, value in stand_in_scontrol(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    assert requeue_problem() is None
+    monkeypatch.setenv("SCONTROL_REQUEUE", "0")
+    assert requeue_problem() == "SLURM job 42 is not requeueable (Requeue=0: submitted without --requeue)"
 
 
 def test_slurm_and_kubernetes_examples_parse(monkeypatch):

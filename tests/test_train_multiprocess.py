@@ -58,19 +58,26 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 # FSDP with Muon (whose optimizer holds AdamW groups too) covers the sharded optimizer state; FSDP + AdamW resumes
-# are also run by test_scaleout (HSDP, elastic) and test_pre_move_checkpoint, so it is not repeated here
+# are also run by test_scaleout (HSDP, elastic) and test_pre_move_checkpoint, so it is not repeated here. DDP saves
+# at once (--async_save false); FSDP in the background, each write held 1.5 s (a slow disk), so the kill after step
+# 5 lands while step 4's save is in flight: its .tmp folder is left, step 2 is the newest checkpoint
 @pytest.mark.parametrize("strategy, optimizer", [("ddp", "adamw"), ("fsdp", "muon")])
 def test_two_process_kill_and_resume_is_exact(data, tmp_path, strategy, optimizer):
     common = ["--accelerator", "cpu", "--devices", "2", "--strategy", strategy, "--optimizer", optimizer]
+    common += ["--async_save", "false"] if strategy == "ddp" else ["--save_interval", "2"]
     full = launch(args(data, tmp_path / "full", *common))
     assert full.returncode == 0, full.stderr[-3000:]
     assert f"strategy {strategy}, 2 processes" in full.stdout and "x 2 accumulation" in full.stdout
     state = "state" if strategy == "fsdp" else "state.pth"
     assert (latest_checkpoint(tmp_path / "full") / state).exists()  # sharded folder under FSDP, one file under DDP
+    assert ("in the background" in full.stdout) == (strategy == "fsdp")
 
-    killed = launch(args(data, tmp_path / "crash", *common), {"LIT_GPT_KILL_AFTER_STEP": "5"})
+    killed = launch(args(data, tmp_path / "crash", *common), {"LIT_GPT_KILL_AFTER_STEP": "5",
+                                                               "LIT_GPT_SAVE_DELAY_S": "1.5"})
     assert killed.returncode != 0
-    assert latest_checkpoint(tmp_path / "crash").name == "step-00000004"
+    saved = "step-00000004" if strategy == "ddp" else "step-00000002"
+    assert latest_checkpoint(tmp_path / "crash").name == saved
+    assert (tmp_path / "crash" / "checkpoints" / "step-00000004.tmp").is_dir() == (strategy == "fsdp")
     assert losses(tmp_path / "crash")[-1][0] == 5  # step 5 ran, then everything died before a checkpoint
 
     # resume under `fabric run`: FSDP with the launcher's flags before the script; DDP with them after the script,
@@ -78,7 +85,7 @@ def test_two_process_kill_and_resume_is_exact(data, tmp_path, strategy, optimize
     flags = ["--accelerator", "cpu", "--devices", "2"] if strategy == "fsdp" else ["--accelerator", "cpu"]
     resumed = launch(args(data, tmp_path / "crash", *common, "--resume", "auto"), fabric_run=flags)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout and "at step 4" in resumed.stdout
+    assert "resumed from" in resumed.stdout and f"at step {int(saved[5:])}" in resumed.stdout
     expected = losses(tmp_path / "full")
     assert [s for s, _ in expected] == list(range(1, 9))
     assert losses(tmp_path / "crash") == expected  # bit-exact per-step losses (CSV holds repr of each float)

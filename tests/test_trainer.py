@@ -418,14 +418,14 @@ def test_compile_same_loss_and_compiles_once(tiny_data, tmp_path):
 
 # ---- a full disk, damaged checkpoints -------------------------------------------------------------
 def test_disk_full_during_save_is_one_line_and_keeps_the_previous_checkpoint(tiny_data, tmp_path, monkeypatch):
-    """The disk fills up while the step-2 checkpoint is written (the file write fails with ENOSPC, as Fabric's
+    """The disk fills up while the step-2 checkpoint is written (the file write fails with ENOSPC, as a
     writer does on a full disk): one line saying so, where, and how much a checkpoint needs; no partial folder; the
     step-1 checkpoint intact. Too little free space before a save fails the same way, before writing anything."""
     import errno
 
-    import lightning.fabric.plugins.io.torch_io as torch_io
+    import lit_gpt.training.checkpointer as checkpointer
 
-    real_save = torch_io._atomic_save
+    real_save = checkpointer.write_file
 
     def save_on_full_disk(checkpoint, path):
         if "step-00000002" not in str(path):
@@ -433,7 +433,7 @@ def test_disk_full_during_save_is_one_line_and_keeps_the_previous_checkpoint(tin
         Path(path).write_bytes(b"PK\x03\x04" + bytes(1000))  # part of the file reached the disk
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(torch_io, "_atomic_save", save_on_full_disk)
+    monkeypatch.setattr(checkpointer, "write_file", save_on_full_disk)
     out = tmp_path / "out"
     msg = expect_error(tiny_args(tiny_data, out, "--max_steps", "2", "--save_interval", "1"),
                        f"{out / 'checkpoints'}: disk full: a checkpoint needs about",
@@ -443,7 +443,7 @@ def test_disk_full_during_save_is_one_line_and_keeps_the_previous_checkpoint(tin
 
     assert load_model_state(out / "checkpoints" / "step-00000001")  # checksums verified: intact
 
-    monkeypatch.setattr(torch_io, "_atomic_save", real_save)
+    monkeypatch.setattr(checkpointer, "write_file", real_save)
     import shutil
     from collections import namedtuple
 
@@ -452,6 +452,37 @@ def test_disk_full_during_save_is_one_line_and_keeps_the_previous_checkpoint(tin
     expect_error(tiny_args(tiny_data, tmp_path / "early", "--save_interval", "1"),
                  "disk full: a checkpoint needs about", "0.00 MB free there (checkpoint step-00000001 not saved)")
     assert list((tmp_path / "early" / "checkpoints").iterdir()) == []
+
+
+def test_background_save_writes_what_a_save_at_once_writes_and_its_failure_surfaces(tiny_data, tmp_path, monkeypatch):
+    """--async_save (the default) writes step 3 from a thread while steps 4-6 run: the same state, bit for bit, as
+    a save made at once. A background write that fails (a full disk) stops the run at the next save, with the one
+    line a failed save at once gives; its partial folder is removed and training had gone on meanwhile."""
+    import errno
+
+    import lit_gpt.training.checkpointer as checkpointer
+
+    run(tiny_args(tiny_data, tmp_path / "now", "--async_save", "false"))
+    run(tiny_args(tiny_data, tmp_path / "bg"))
+    a, b = (torch.load(tmp_path / r / "checkpoints" / "step-00000003" / "state.pth", weights_only=True)
+            for r in ("now", "bg"))
+    assert a.keys() == b.keys() and a["step"] == b["step"] == 3
+    flat = [torch.utils._pytree.tree_flatten(s)[0] for s in (a, b)]
+    assert all(torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y for x, y in zip(*flat))
+
+    real_save = checkpointer.write_file
+
+    def full_disk_at_step_3(checkpoint, path):
+        if "step-00000003" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(checkpoint, path)
+
+    monkeypatch.setattr(checkpointer, "write_file", full_disk_at_step_3)
+    out = tmp_path / "full"
+    expect_error(tiny_args(tiny_data, out, "--save_interval", "3", "--max_steps", "9"),
+                 "disk full", "(checkpoint step-00000003 not saved)")
+    assert list((out / "checkpoints").iterdir()) == []
+    assert losses(out)[-1][0] == 6  # the failure surfaced when step 6's save waited for step 3's
 
 
 def flip_byte(path: Path, offset: int) -> None:

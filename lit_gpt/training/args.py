@@ -147,6 +147,9 @@ class TrainArgs:
     """Checkpoint every this many steps (and at the end)."""
     keep_last_k: Optional[int] = 3
     """Keep only the newest k checkpoints (None keeps all)."""
+    async_save: bool = True
+    """Write periodic checkpoints in a background thread: training waits only while the state is copied to CPU
+    memory (which needs room for one copy of each process's part). The last save and a stop's are written at once."""
     loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
     """Loggers besides the CSV file (always written): tensorboard, wandb."""
     wandb_project: str = "lit_gpt"

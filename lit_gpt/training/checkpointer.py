@@ -3,15 +3,22 @@
 A step folder holds the model under "model", the optimizer, step, tokens_seen, each rank's data loader position and
 RNG state: `state.pth` (one device, DDP) or `state/` (FSDP: a sharded torch.distributed.checkpoint folder), and
 checksums.json (each file's hash, verified at resume). It is written to `step-XXXXXXXX.tmp` and renamed once
-complete, so a crash mid-save leaves the previous checkpoint intact.
+complete, so a crash mid-save leaves the previous checkpoint intact. Periodic saves may run in a background thread
+(`--async_save`): training pauses only to copy the state to CPU memory, then goes on while the copy is written.
 """
 
 from __future__ import annotations
 
+import copy as copy_module
+import os
 import random
 import shutil
+import signal
+import threading
+import time
+from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -27,6 +34,8 @@ class Checkpointer:
     def __init__(self, fabric, out_dir: Path, strategy_name: str, keep_last_k: Optional[int]) -> None:
         self.fabric, self.out_dir, self.strategy_name = fabric, Path(out_dir), strategy_name
         self.keep_last_k = keep_last_k
+        self._pending: Optional[BackgroundJob] = None  # the background save in flight
+        self._group = None  # the gloo group of background saves' collectives (made at the first one)
 
     @property
     def sharded(self) -> bool:
@@ -75,15 +84,16 @@ class Checkpointer:
             self.fabric.print(f"{path}: written by {saved_world} processes, resumed on {self.fabric.world_size}: "
                               f"model and optimizer resharded, the data continues where all {saved_world} stopped")
 
-    def save(self, step: int, state: dict[str, Any], config: Config) -> Path:
-        """Writes `state` (modules and optimizers are saved through Fabric) as the step folder of `step`: first as
+    def save(self, step: int, state: dict[str, Any], config: Config, background: bool = False) -> Path:
+        """Writes `state` (its modules and optimizers as their state dicts) as the step folder of `step`: first as
         `<name>.tmp` with checksums.json (each rank hashing the files it wrote), renamed once complete. Too little
         free space, before or during the write, is one TrainError line on every rank, and the partial folder is
-        removed."""
-        from torch.distributed.checkpoint.api import CheckpointException
+        removed. `background`: the state is copied off the device (training waits only for that copy) and written
+        by a thread while training goes on; a failure is raised by the next `save` or `wait`, on every rank. A crash
+        meanwhile leaves the `.tmp` folder, which no resume reads: the previous checkpoint stays the newest."""
+        from lit_gpt.integrity import check_free_space, state_nbytes
 
-        from lit_gpt.integrity import check_free_space, hash_files, state_nbytes, write_checksums
-
+        self.wait()  # one save at a time (and an earlier background save's failure surfaces here)
         fabric, rank = self.fabric, self.fabric.global_rank
         final = layout.step_dir(self.out_dir, step)
         tmp = final.with_name(final.name + ".tmp")
@@ -96,43 +106,108 @@ class Checkpointer:
         if full is not None:
             self._remove_partial_save(tmp)
             raise TrainError(f"{full} (checkpoint {final.name} not saved)")
+        started = time.perf_counter()
+        staged = self._stage(state, copy=background)
+        write = partial(self._write, step, tmp, final, staged, config, need)
+        if not background:
+            write(group=None)
+            fabric.print(f"saved checkpoint {final} ({time.perf_counter() - started:.2f} s)")
+            return final
+        if self._group is None and torch.distributed.is_initialized():  # keep the writer's collectives off the
+            self._group = torch.distributed.new_group(backend="gloo")  # training's group (no NCCL from a thread)
+        paused = time.perf_counter() - started
+
+        def write_in_background() -> None:
+            write(group=self._group)
+            fabric.print(f"saved checkpoint {final} (in the background: training paused {paused:.2f} s to copy "
+                         f"the state, the write took {time.perf_counter() - started:.2f} s)")
+
+        self._pending = BackgroundJob(write_in_background)
+        return final
+
+    def wait(self) -> None:
+        """Returns once no save is in flight; a failed background save raises its error here, on every rank."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.join()
+            if pending.error is not None:
+                raise pending.error
+
+    def _stage(self, state: dict[str, Any], copy: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(tensors, metadata): the modules' and optimizers' state dicts (local shards under FSDP), and the other
+        entries, in the layout Fabric writes and reads (so `fabric.load` resumes it). `copy`: every tensor copied
+        to CPU memory of its own, so training may change the live ones while a thread writes these."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+        from torch.utils._pytree import tree_map_only
+
+        model = next(unwrap(v) for v in state.values() if isinstance(v, torch.nn.Module))
+        tensors, meta = {}, {}
+        options = StateDictOptions(cpu_offload=not copy)  # a copy goes to CPU anyway, once
+        for key, obj in state.items():
+            obj = unwrap(obj)
+            if isinstance(obj, torch.nn.Module):
+                tensors[key] = get_model_state_dict(obj, options=options) if self.sharded else obj.state_dict()
+            elif isinstance(obj, torch.optim.Optimizer):
+                tensors[key] = get_optimizer_state_dict(model, obj, options=options) if self.sharded \
+                    else obj.state_dict()
+            else:
+                meta[key] = copy_module.deepcopy(obj) if copy else obj
+        if copy and (self.sharded or self.fabric.global_rank == 0):  # unsharded: rank 0 alone writes
+            tensors = tree_map_only(torch.Tensor, lambda t: t.detach().to("cpu", copy=True), tensors)
+        return tensors, meta
+
+    def _write(self, step: int, tmp: Path, final: Path, staged: tuple[dict, dict], config: Config, need: int,
+               group: Any) -> None:
+        """Writes the staged state into `tmp`, hashes, and (rank 0) renames it to `final` once every rank's part is
+        complete; collectives on `group` (None: the default one)."""
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        from lit_gpt.integrity import hash_files, write_checksums
+
+        rank = self.fabric.global_rank
         error, hashes = None, {}
         try:
-            fabric.save(layout.state_path(tmp, self.sharded), state)
-        except (Exception, CheckpointException) as e:  # the latter: a sharded save's, a BaseException
-            fabric.barrier()  # the one fabric.save ends with, where ranks whose part went well wait
-            error = e
-        if error is None:
-            try:
+            tensors, meta = staged
+            path = layout.state_path(tmp, self.sharded)
+            if self.sharded:
+                import torch.distributed.checkpoint as dcp
+
+                path.mkdir(exist_ok=True)
+                dcp.save(tensors, checkpoint_id=path, process_group=group)
                 if rank == 0:
-                    config.save(tmp / layout.MODEL_CONFIG)
-                hashes = hash_files(tmp, rank, fabric.world_size)
-            except Exception as e:
-                error = e
-        results = self.gather((error is not None, hashes))
+                    torch.save(meta, path / layout.SHARDED_META)
+            elif rank == 0:
+                write_file({**tensors, **meta}, path)
+            save_fault_injection(step)
+            if rank == 0:
+                config.save(tmp / layout.MODEL_CONFIG)
+            hashes = hash_files(tmp, rank, self.fabric.world_size)
+        except (Exception, CheckpointException) as e:  # the latter: a sharded save's, a BaseException
+            error = e
+        results = self.gather((error is not None, hashes), group)
         if any(failed for failed, _ in results):
-            self._raise_save_error(error, tmp, need, [r for r, (failed, _) in enumerate(results) if failed])
+            self._raise_save_error(error, tmp, need, [r for r, (failed, _) in enumerate(results) if failed], group)
         if rank == 0:
             write_checksums(tmp, {name: entry for _, part in results for name, entry in part.items()})
             replace_folder(tmp, final)  # re-saving a step keeps a complete copy at every moment
             layout.prune_checkpoints(self.out_dir, self.keep_last_k)
-        fabric.barrier()
-        fabric.print(f"saved checkpoint {final}")
-        return final
+        self.barrier(group)
 
-    def _remove_partial_save(self, tmp: Path) -> None:
+    def _remove_partial_save(self, tmp: Path, group: Any = None) -> None:
         if self.fabric.global_rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-        self.fabric.barrier()
+        self.barrier(group)
 
-    def _raise_save_error(self, error: Optional[BaseException], tmp: Path, need: int, failed_ranks: list[int]) -> None:
+    def _raise_save_error(self, error: Optional[BaseException], tmp: Path, need: int, failed_ranks: list[int],
+                          group: Any) -> None:
         """After a failed save on `failed_ranks`: remove the partial folder, then raise on every rank: one line when
         the disk is full, else the original error where it happened and a one-liner naming that rank elsewhere."""
         from lit_gpt.integrity import disk_full_message, is_disk_full
 
-        self._remove_partial_save(tmp)  # the previous checkpoints are untouched
+        self._remove_partial_save(tmp, group)  # the previous checkpoints are untouched
         full = error is not None and is_disk_full(error, tmp.parent, need)
-        if any(self.gather(full)):
+        if any(self.gather(full, group)):
             raise TrainError(f"{disk_full_message(tmp.parent, need)} (checkpoint {tmp.stem} not saved)")
         if error is not None:
             raise error
@@ -156,13 +231,61 @@ class Checkpointer:
         self.fabric.load(layout.state_path(path, self.sharded), state, strict=False)
         return state
 
-    def gather(self, obj: Any) -> list[Any]:
+    def gather(self, obj: Any, group: Any = None) -> list[Any]:
         """Every rank's `obj`, in rank order (rank 0 writes them all into the checkpoint metadata)."""
         if self.fabric.world_size == 1:
             return [obj]
         out: list[Any] = [None] * self.fabric.world_size
-        torch.distributed.all_gather_object(out, obj)
+        torch.distributed.all_gather_object(out, obj, group=group)
         return out
+
+    def barrier(self, group: Any = None) -> None:
+        if self.fabric.world_size == 1:
+            return
+        if group is not None:
+            torch.distributed.barrier(group=group)
+        else:
+            self.fabric.barrier()
+
+
+class BackgroundJob(threading.Thread):
+    """Runs `job` in a thread that keeps its exception for whoever joins it. A daemon: a process ending (a crash)
+    does not wait for a half-written checkpoint, which stays a `.tmp` folder."""
+
+    def __init__(self, job: Callable[[], None]) -> None:
+        super().__init__(name="checkpoint-writer", daemon=True)
+        self.job, self.error = job, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.job()
+        except BaseException as e:  # noqa: B036 - raised again by Checkpointer.wait
+            self.error = e
+
+
+def unwrap(obj: Any) -> Any:
+    """The module or optimizer inside Fabric's wrapper (what its state dict is taken from), else `obj` itself."""
+    from lightning.fabric.wrappers import _FabricModule, _FabricOptimizer
+
+    if isinstance(obj, _FabricModule):
+        return obj.module
+    return obj.optimizer if isinstance(obj, _FabricOptimizer) else obj
+
+
+def write_file(obj: Any, path: Path) -> None:
+    """A one-file checkpoint (one device, DDP: rank 0's)."""
+    torch.save(obj, path)
+
+
+def save_fault_injection(step: int) -> None:
+    """Test hooks in the writer, after the state files of `step` are written and before they are complete (hashed,
+    renamed): LIT_GPT_SAVE_DELAY_S=s holds the write there s seconds (a slow disk, so a test can kill the run while
+    a background save is in flight); LIT_GPT_KILL_DURING_SAVE=k SIGKILLs every rank there while saving step k."""
+    if os.environ.get("LIT_GPT_SAVE_DELAY_S"):
+        time.sleep(float(os.environ["LIT_GPT_SAVE_DELAY_S"]))
+    if os.environ.get("LIT_GPT_KILL_DURING_SAVE") == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def rng_state() -> dict[str, Any]:

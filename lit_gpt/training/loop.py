@@ -9,6 +9,7 @@ import contextlib
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +26,7 @@ from lit_gpt.training.lm_eval_hook import evaluate_step
 from lit_gpt.training.metrics import MetricsLogger
 from lit_gpt.training.optim import check_schedule, make_optimizer, max_steps, set_learning_rates
 from lit_gpt.training.parallel import describe_sharding, wrap_blocks
-from lit_gpt.training.processes import lock_folder, requeue_slurm_job, requeue_wanted
+from lit_gpt.training.processes import lock_folder, requeue_problem, requeue_slurm_job, requeue_wanted
 from lit_gpt.training.speed_monitor import ThroughputMonitor, peak_flops
 from lit_gpt.utils import TrainError, format_duration
 
@@ -109,6 +110,11 @@ class Trainer:
         fabric.print(describe_accelerators(fabric.device, self.precision, args.kernels))  # decided on every rank
         if resume_path is not None:
             fabric.print(f"resumed from {resume_path} at step {self.step} ({self.tokens_seen} tokens seen)")
+        if fabric.global_rank == 0 and requeue_wanted(args.requeue_on_timeout):
+            problem = requeue_problem()
+            if problem is not None:
+                print(f"warning: {problem}: at the time limit this run saves and stops without coming back; submit "
+                      f"with `sbatch --requeue` to continue by itself", file=sys.stderr, flush=True)
         previous = self._install_signal_handlers()
         try:
             self._train()
@@ -189,9 +195,12 @@ class Trainer:
             if args.val_data_dir is not None and validate and not stop:  # stopping: the grace period is short
                 self._validate()
             if self.step % args.save_interval == 0 or self.step == self.max_steps or stop:
-                step_dir = self.save_checkpoint()
+                lm_eval = bool(args.lm_eval_interval) and self.step % args.lm_eval_interval == 0 and not stop
+                # the last save, and one lm-eval reads at once, are complete before going on
+                background = args.async_save and not (stop or lm_eval or self.step == self.max_steps)
+                step_dir = self.save_checkpoint(background)
                 last_saved = self.step
-                if args.lm_eval_interval and self.step % args.lm_eval_interval == 0 and not stop:
+                if lm_eval:
                     evaluate_step(fabric, args, step_dir, self.step, self.tokens_seen, self.logger)
             self.monitor.exclude(time.perf_counter() - paused)
             if stop:
@@ -202,6 +211,7 @@ class Trainer:
             self._stop_work.wait()
         if last_saved != self.step:
             self.save_checkpoint()
+        self.checkpointer.wait()
         if self.logger is not None:
             self.logger.close()
         fabric.barrier()
@@ -306,8 +316,8 @@ class Trainer:
                 "world_size": self.fabric.world_size, "model_config": self.config.to_dict(),
                 "optimizer_name": self.args.optimizer}
 
-    def save_checkpoint(self) -> Path:
-        return self.checkpointer.save(self.step, self._state(), self.config)
+    def save_checkpoint(self, background: bool = False) -> Path:
+        return self.checkpointer.save(self.step, self._state(), self.config, background)
 
     def _load_checkpoint(self, path: Path) -> None:
         state = self.checkpointer.load(path, {"model": self.model, "optimizer": self.optimizer, "step": 0,

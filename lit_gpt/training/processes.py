@@ -8,11 +8,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Optional
 
 from lit_gpt.layout import LOCK_FILE
 from lit_gpt.utils import TrainError
@@ -73,6 +74,21 @@ def first_to_report(message: str) -> bool:
 def requeue_wanted(option: "bool | None") -> bool:
     """--requeue_on_timeout: true, false, or None (auto): requeue when running as a SLURM job."""
     return "SLURM_JOB_ID" in os.environ if option is None else option
+
+
+def requeue_problem() -> Optional[str]:
+    """Why `requeue_slurm_job` would fail at the time limit, asked of `scontrol show job` at start-up, so the run's
+    owner learns it now rather than hours later: None when the job is requeueable (or SLURM does not say)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if job is None:
+        return "SLURM_JOB_ID is not set (not a SLURM job)"
+    try:
+        proc = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"`scontrol show job {job}` failed: {e}"
+    if re.search(r"\bRequeue=0\b", proc.stdout):
+        return f"SLURM job {job} is not requeueable (Requeue=0: submitted without --requeue)"
+    return None
 
 
 def requeue_slurm_job() -> str:
