@@ -412,9 +412,19 @@ def test_cli_one_line_errors(corpus, tmp_path):
     assert "either --source_path or --stream" in cli("--destination", tmp_path / "o4")
 
 
+def lfs(path: Path) -> dict:
+    """The tree API's "lfs" entry of a file the Hub keeps in LFS (parquet, compressed JSON lines): its sha256."""
+    if not path.name.endswith((".parquet", ".zst", ".gz")):
+        return {}
+    import hashlib
+
+    return {"lfs": {"oid": hashlib.sha256(path.read_bytes()).hexdigest(), "size": path.stat().st_size,
+                    "pointerSize": 134}}
+
+
 def hub_handler(handler, root: Path, repo: str, seen: list):
     """`handler` serving `root` where the Hub would: the tree API at /api/datasets/{repo}/tree/{revision}/{path}
-    (recursive JSON listing) and the files at /datasets/{repo}/resolve/{revision}/{file}."""
+    (recursive JSON listing, with each LFS file's sha256) and the files at /datasets/{repo}/resolve/{revision}/{file}."""
 
     class Hub(handler):
         def do_GET(self):
@@ -424,7 +434,7 @@ def hub_handler(handler, root: Path, repo: str, seen: list):
             if path.startswith(tree):
                 folder = root / path[len(tree):].strip("/")
                 entries = [{"type": "file", "path": p.relative_to(root).as_posix(), "size": p.stat().st_size,
-                            "oid": "0" * 40} for p in sorted(folder.rglob("*")) if p.is_file()]
+                            "oid": "0" * 40, **lfs(p)} for p in sorted(folder.rglob("*")) if p.is_file()]
                 entries += [{"type": "directory", "path": p.relative_to(root).as_posix(), "oid": "0" * 40}
                             for p in sorted(folder.rglob("*")) if p.is_dir()]
                 body = json.dumps(entries).encode() if folder.is_dir() else b"{}"

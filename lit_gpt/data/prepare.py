@@ -208,7 +208,8 @@ def prepare(source, include: Union[str, Sequence[str]], tokenizer_dir: Union[str
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     options = {"include": include, "exclude": list(exclude), "prefix": prefix, "chunk_size": chunk_size,
-               "max_tokens": max_tokens, "tokenizer_sha256": file_sha256(tokenizer.path), **reader.options()}
+               "max_tokens": max_tokens, "tokenizer_sha256": file_sha256(tokenizer.path), **reader.options(),
+               "hf_config": getattr(source, "config", None)}  # a Hub config adds its card's file patterns
     manifest = Manifest(destination / f"{prefix}.manifest.json", options)
     writer = PackedDatasetWriter(destination, prefix, chunk_size, tokenizer.vocab_size)
     for stale in destination.glob(f".{manifest.path.name}.tmp-*"):  # left by a kill during a manifest write

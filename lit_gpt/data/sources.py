@@ -10,11 +10,11 @@ everything below it (`train` = `train/**`).
 
 from __future__ import annotations
 
+import hashlib
 import html.parser
 import http.client
 import os
 import re
-import shutil
 import time
 import urllib.error
 import urllib.parse
@@ -109,6 +109,7 @@ class HttpSource:
         self.file_list = file_list
         self.headers = headers or {}
         self.retries, self.backoff, self.timeout = retries, backoff, timeout
+        self.sha256: dict[str, str] = {}  # name -> the digest the server lists for it (the Hub's LFS files)
 
     def describe(self) -> str:
         return self.base_url
@@ -144,16 +145,24 @@ class HttpSource:
         return names
 
     def local_copy(self, name: str, folder: Path) -> Path:
-        """Downloads `name` into `folder` under a temporary name, renamed once the whole body has arrived."""
+        """Downloads `name` into `folder` under a temporary name, renamed once the whole body has arrived (and, where
+        the server lists a sha256, matches it: a transfer that damaged bytes is downloaded again)."""
         path = folder / name.replace("/", "__")
         part = path.with_name(path.name + ".part")
 
         def save(response) -> None:
+            digest = hashlib.sha256() if name in self.sha256 else None
             with open(part, "wb") as f:
-                shutil.copyfileobj(response, f, 1 << 20)
+                while block := response.read(1 << 20):
+                    f.write(block)
+                    if digest is not None:  # hashed as it arrives: no second pass over a 2 GB file
+                        digest.update(block)
             expected = response.headers.get("Content-Length")
             if expected is not None and os.path.getsize(part) != int(expected):
                 raise http.client.IncompleteRead(b"", int(expected) - os.path.getsize(part))
+            if digest is not None and digest.hexdigest() != self.sha256[name]:
+                raise http.client.HTTPException(f"sha256 {digest.hexdigest()[:12]}... differs from the listed "
+                                                f"{self.sha256[name][:12]}... (damaged in transfer)")
             os.replace(part, path)
 
         self._request(self.url(name), save)
@@ -216,9 +225,11 @@ class HuggingFaceSource(HttpSource):
             try:
                 tree = api.list_repo_tree(self.repo_id, path_in_repo=folder or None, recursive=True,
                                           repo_type="dataset", revision=self.revision)
-                names += [entry.path for entry in tree if hasattr(entry, "size")]  # files, not folders
+                files = [entry for entry in tree if hasattr(entry, "size")]  # files, not folders
             except Exception as e:
                 raise DataError(f"{self.describe()}: cannot list {folder or 'the root'} ({first_line(e)})") from None
+            names += [entry.path for entry in files]
+            self.sha256.update({entry.path: entry.lfs.sha256 for entry in files if getattr(entry, "lfs", None)})
         names = select(names, include, exclude)
         if not names:
             raise DataError(f"{self.describe()}: no {', '.join(SUFFIXES)} files match {' '.join(include)}")
