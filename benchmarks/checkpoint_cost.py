@@ -16,6 +16,7 @@ down by a write competing for the CPU, memory bandwidth or the disk.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -86,12 +87,15 @@ def main() -> None:
     parser.add_argument("--save_every", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--dir", type=Path, default=None, help="where the checkpoints go (default: a temp folder)")
+    parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (a rehearsal of the script)")
     args = parser.parse_args()
+    if args.tiny:
+        args.model_name, args.block_size, args.accelerator, args.precision = "tiny", 64, "cpu", "32-true"
 
     rows = []
     for mode in ("none", "at once", "background"):
-        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-            rows.append(run_mode(mode, args, Path(tmp)))
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp, contextlib.redirect_stdout(sys.stderr):
+            rows.append(run_mode(mode, args, Path(tmp)))  # the trainer's "saved checkpoint" lines: stderr
         print(f"  {mode}: {rows[-1]['loop_s']:.1f} s", file=sys.stderr, flush=True)
     base = rows[0]["step_s"]
     saves = (args.steps - 1) // args.save_every

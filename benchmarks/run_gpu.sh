@@ -28,7 +28,7 @@
 # Wheels in .whl/ (benchmarks/fetch_wheels.sh) are installed into /tmp/site first, for machines with no internet.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-ALL=(quick peers tinyllama kernels sweep autotune micro accelerators tests)
+ALL=(quick peers tinyllama kernels sweep autotune micro accelerators checkpoint tests)
 dry=0
 [ "${1:-}" = --dry-run ] && { dry=1; shift; }
 stages=("$@")
@@ -91,6 +91,10 @@ run_stage() {
       throughput accelerators --variants "lit_gpt kernels+compile" "lit_gpt kernels+compile xformers" \
         "lit_gpt kernels+compile xformers swiglu" "lit_gpt kernels+compile flash_attn3" \
         "lit_gpt kernels+compile flash_attn" --micro-batches 16 --no-breakdown ;;
+    checkpoint)  # MicroLlama-300M's 3.6 GB state saved at once vs in the background, against no save
+      timeout "$BUDGET" "$PY" benchmarks/checkpoint_cost.py --accelerator cuda --precision bf16-mixed \
+        --model_name MicroLlama-300M --block_size 2048 --micro_batch_size 8 "${tiny[@]}" \
+        2> "$out/checkpoint.log" | tee "$out/checkpoint.md" ;;
     tests)
       timeout "$BUDGET" "$PY" -m pytest -q -p no:cacheprovider "${tests[@]}" tests/test_kernels.py \
         tests/test_trainer_cuda.py tests/test_model.py 2>&1 | tee "$out/tests.log" ;;

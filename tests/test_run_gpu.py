@@ -16,7 +16,7 @@ from benchmarks import device_image, gpu_check, quick
 from benchmarks.train_throughput import ROW_KEYS
 from tests.conftest import ROOT
 
-STAGES = ["quick", "peers", "tinyllama", "kernels", "sweep", "autotune", "micro", "accelerators", "tests"]
+STAGES = ["quick", "peers", "tinyllama", "kernels", "sweep", "autotune", "micro", "accelerators", "checkpoint", "tests"]
 
 
 def run_gpu_sh(tmp_path, *args, timeout=900):
@@ -51,6 +51,9 @@ def test_dry_run_of_every_stage(tmp_path):
     assert all(r["memory_cap_gib"] == 24 for r in rows if r["part"] == "capped")
     md = (out / "quick.md").read_text()
     assert "| kernel rope | ok |" in md and "## Time per part" in md
+
+    costs = (out / "checkpoint.md").read_text()
+    assert "| background |" in costs and "| at once |" in costs and "training time lost per save" in costs
 
     table_header = "| variant | micro batch | tokens/s | MFU | peak GiB | step ms | first step s | row s |"
     by_variant = {}
