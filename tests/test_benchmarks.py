@@ -100,3 +100,44 @@ def test_tokens_to_loss_runs_its_arms_through_the_trainer(tmp_path):
     for arm in ("adamw+cosine", "muon+wsd"):
         assert f"| {arm} | " in out
     assert (tmp_path / "t.md").read_text().strip() in out and (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_prepare_throughput_prints_a_row_per_tokenizer_and_format():
+    out = run("prepare_throughput.py", "--repeat", "1", "--trials", "1", "--workers", "1", "--formats", "parquet",
+              "--tokenizer_dir", str(ROOT / "data" / "tokenizer"))
+    for name in ("tokenizer alone (1 core), first pass", "tokenizer alone (1 core), second pass",
+                 "pipeline, parquet, 1 worker"):
+        assert re.search(rf"^\| tokenizer \(sentencepiece, 4,096\) \| {re.escape(name)} \| [\d,]+ \|", out, re.M), out
+
+
+def test_prose_corpus_from_a_deb_and_a_llama2_style_tokenizer_with_its_tokenizers_twin(tmp_path, monkeypatch):
+    """The prose helper reads the docs' sources out of a .deb into documents of whole paragraphs, and the
+    `tokenizers` twin of a Llama-2-style sentencepiece model gives its ids, texts opening with a space included."""
+    import io
+    import tarfile
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import prose_corpus
+
+    pytest.importorskip("transformers")
+    docs = {"library/a.rst.txt": "Title\n=====\n\n" + "Some prose here.\n\n" * 300, "c-api/b.rst.txt": "C code.\n"}
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w:xz") as t:
+        for name, text in docs.items():
+            info = tarfile.TarInfo(f"./{prose_corpus.SOURCES}{name}")
+            info.size = len(text.encode())
+            t.addfile(info, io.BytesIO(text.encode()))
+    deb = b"!<arch>\n"
+    for name, body in (("debian-binary", b"2.0\n"), ("data.tar.xz", tar.getvalue())):
+        deb += f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(body):<10}`\n".encode() + body + b"\n" * (len(body) % 2)
+    (tmp_path / "doc.deb").write_bytes(deb)
+    rows = prose_corpus.documents(prose_corpus.deb_members(tmp_path / "doc.deb"))
+    assert [r["meta"]["redpajama_set_name"] for r in rows] == ["RedPajamaGithub"] + ["RedPajamaBook"] * 3
+    assert "".join(r["text"] for r in rows[1:]).count("Some prose here.") == 300
+    assert all(len(r["text"]) >= prose_corpus.DOC_CHARS for r in rows[1:-1])
+
+    texts = [f"The quick brown fox number {i} jumps over the lazy dog in year {1900 + i}.\n" for i in range(400)]
+    prose_corpus.llama2_sentencepiece(texts, tmp_path / "sp", 360)
+    prose_corpus.tokenizers_twin(tmp_path / "sp", tmp_path / "hf")
+    probe = ["   indented fox", " fox", "fox  jumps\n\n   over 12345", "naïve façade ✓ 狐狸", ""]
+    assert prose_corpus.same_ids(tmp_path / "sp", tmp_path / "hf", texts + probe) > 0

@@ -153,6 +153,22 @@ def test_every_document_once_same_for_1_and_2_workers_and_stream(corpus, server,
     assert output(tmp_path / "http")[1] == files_one
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="forked tokenizer processes")
+def test_forked_tokenizer_processes_use_the_parents_tokenizer(corpus, tmp_path, monkeypatch):
+    """Loaded once in the parent and inherited, not loaded again in each process (~80 ms for a 32k tokenizer.json)."""
+    root, rows = corpus
+    parent, load = os.getpid(), Tokenizer.__init__
+
+    def parent_only(self, *args, **kwargs):
+        if os.getpid() != parent:
+            raise RuntimeError("tokenizer loaded again in a tokenizer process")
+        load(self, *args, **kwargs)
+
+    monkeypatch.setattr(Tokenizer, "__init__", parent_only)
+    run(LocalSource(root), tmp_path / "out", num_workers=2, max_files=2)
+    assert np.array_equal(output(tmp_path / "out")[0], expected_tokens(rows[:20]))
+
+
 def test_skip_sets_none_and_max_files_and_max_tokens(corpus, tmp_path):
     root, rows = corpus
     run(LocalSource(root), tmp_path / "all", reader=slimpajama_reader(skip_sets=()), max_files=2)

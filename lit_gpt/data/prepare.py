@@ -88,13 +88,16 @@ class Stats:
 _worker: dict = {}
 
 
-def init_worker(tokenizer_dir: str, reader: RowReader, parent_pid: int) -> None:
+def init_worker(tokenizer, reader: RowReader, parent_pid: int) -> None:
+    """`tokenizer`: the parent's loaded `Tokenizer` (inherited by a forked process, so not loaded N times again: a
+    32k tokenizer.json takes ~80 ms) or, started by spawn, its folder."""
     from lit_gpt.tokenizer import Tokenizer
 
     exit_with_parent(parent_pid)  # blocked on the task pipe, a worker would otherwise outlive a killed parent forever
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops the pool
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per process for HF tokenizers too
-    tokenizer = Tokenizer(tokenizer_dir)
+    if not isinstance(tokenizer, Tokenizer):
+        tokenizer = Tokenizer(tokenizer)
     if tokenizer.eos_id is None:
         raise DataError(f"{tokenizer.path}: tokenizer has no EOS token")
     _worker.update(tokenizer=tokenizer, reader=reader, dtype=dtype_for_vocab(tokenizer.vocab_size))
@@ -234,9 +237,10 @@ def prepare(source, include: Union[str, Sequence[str]], tokenizer_dir: Union[str
     stats, progress = manifest.stats, Progress(len(names), progress_every)
     progress.files, start = len(done), time.perf_counter()
     total_tokens = writer.counter * chunk_size + writer.n_buffered
-    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    fork = sys.platform == "linux"
+    context = multiprocessing.get_context("fork" if fork else "spawn")
     tokenizers = ProcessPoolExecutor(num_workers, mp_context=context, initializer=init_worker,
-                                     initargs=(str(tokenizer_dir), reader, os.getpid()))
+                                     initargs=(tokenizer if fork else str(tokenizer_dir), reader, os.getpid()))
     # start the processes before any thread exists (fork after threads is unsafe), and surface init errors
     for f in [tokenizers.submit(os.getpid) for _ in range(num_workers)]:
         f.result()
