@@ -28,7 +28,7 @@
 # Wheels in .whl/ (benchmarks/fetch_wheels.sh) are installed into /tmp/site first, for machines with no internet.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-ALL=(quick peers tinyllama kernels sweep autotune micro accelerators checkpoint tests)
+ALL=(quick peers tinyllama kernels sweep autotune micro accelerators checkpoint tests data)
 dry=0
 [ "${1:-}" = --dry-run ] && { dry=1; shift; }
 stages=("$@")
@@ -48,8 +48,10 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/lit_gpt_compile_c
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/lit_gpt_compile_cache/triton}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 tiny=() compile=() kernels=() tests=()
+data_tok=(--vocab_size 32000) data_run=(--formats jsonl.zst parquet --repeat 8 --trials 2 --workers 1 2 4 8 15)
 if [ $dry = 1 ]; then
   tiny=(--tiny) compile=(--compile-backend aot_eager) kernels=(--no-compile) tests=(-m cuda)
+  data_tok=(--vocab_size 1000 --sample_docs 100) data_run=(--formats parquet --repeat 1 --trials 1 --workers 1)
   imports=$(mktemp -d) && trap 'rm -rf "$imports"' EXIT
   export PYTHONPATH=$PWD/benchmarks/import_log:$PYTHONPATH  # its sitecustomize records each process's imports
 else
@@ -95,6 +97,14 @@ run_stage() {
       timeout "$BUDGET" "$PY" benchmarks/checkpoint_cost.py --accelerator cuda --precision bf16-mixed \
         --model_name MicroLlama-300M --block_size 2048 --micro_batch_size 8 "${tiny[@]}" \
         2> "$out/checkpoint.log" | tee "$out/checkpoint.md" ;;
+    data)  # the data pipeline's scaling over the machine's 16 cores (the test VM has 2): the bundled sample, its
+           # 4096-piece sentencepiece model and a byte-level BPE trained here on the same sample, 1 to 15 workers
+      local tok; tok=$(mktemp -d)
+      "$PY" scripts/train_tokenizer.py --source_path data/sample_slimpajama --include train --kind bytelevel \
+        "${data_tok[@]}" --out_dir "$tok/bpe" > "$out/data.log" 2>&1 \
+        && timeout "$BUDGET" "$PY" benchmarks/prepare_throughput.py --tokenizer_dir data/tokenizer "$tok/bpe" \
+          "${data_run[@]}" 2>> "$out/data.log" | tee "$out/data.md"
+      local status=$?; rm -rf "$tok"; return "$status" ;;
     tests)
       timeout "$BUDGET" "$PY" -m pytest -q -p no:cacheprovider "${tests[@]}" tests/test_kernels.py \
         tests/test_trainer_cuda.py tests/test_model.py 2>&1 | tee "$out/tests.log" ;;

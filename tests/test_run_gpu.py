@@ -16,7 +16,7 @@ from benchmarks import device_image, gpu_check, quick
 from benchmarks.train_throughput import ROW_KEYS
 from tests.conftest import ROOT
 
-STAGES = ["quick", "peers", "tinyllama", "kernels", "sweep", "autotune", "micro", "accelerators", "checkpoint", "tests"]
+STAGES = ["quick", "peers", "tinyllama", "kernels", "sweep", "autotune", "micro", "accelerators", "checkpoint", "tests", "data"]
 
 
 def run_gpu_sh(tmp_path, *args, timeout=900):
@@ -52,6 +52,8 @@ def test_dry_run_of_every_stage(tmp_path):
     md = (out / "quick.md").read_text()
     assert "| kernel rope | ok |" in md and "## Time per part" in md
 
+    data = (out / "data.md").read_text()
+    assert "| tokenizer (sentencepiece, 4,096) | pipeline, parquet, 1 worker |" in data and "| bpe (huggingface, " in data
     costs = (out / "checkpoint.md").read_text()
     assert "| background |" in costs and "| at once |" in costs and "training time lost per save" in costs
 

@@ -261,7 +261,7 @@ def run_plain_and_fused_bf16(data, tmp_path, common: list[str]):
     """Two bf16-mixed runs with the same flags: plain, then with the Triton kernels (interpreted) and compiled Blocks.
     Checks what both GPU-path simulations share (both finish, steps 1-2 logged, losses equal to bf16 tolerance but
     not bit-identical, so the kernels ran) and returns the fused run's process and the plain run's losses."""
-    common = [*common, "--max_steps", "2", "--precision", "bf16-mixed"]
+    common = [*common, "--max_steps", "2", "--precision", "bf16-mixed", "--block_size", "32"]  # short: interpreted kernels
     plain = launch(args(data, tmp_path / "plain", *common))
     fused = launch(args(data, tmp_path / "fused", *common, "--kernels", "true", "--compile", "true"),
                    {"TRITON_INTERPRET": "1", "TORCH_LOGS": "recompiles"})
