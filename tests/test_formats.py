@@ -226,21 +226,24 @@ def test_a_hub_file_damaged_in_transfer_is_downloaded_again(corpus, server, tmp_
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_kill_9_mid_parquet_file_then_rerun(corpus, server, tmp_path):
-    """Streamed parquet: kill -9 after the first chunk (mid-file, nothing recorded) and with the 2nd file's manifest
-    entry written but not renamed; each rerun continues to the same bytes as an uninterrupted run."""
+    """Streamed parquet, committing after every row group (--commit_every 0): kill -9 after the first chunk, and
+    with a manifest written mid-file but not renamed; each rerun continues (from the last row group recorded, not
+    the file's start) to the same bytes as an uninterrupted run."""
     root, rows = corpus
     run(LocalSource(root), tmp_path / "reference", "parquet")
     args = [str(SCRIPT), "--base_url", server[2], "--include", "parquet", "--destination", str(tmp_path / "out"),
-            "--tokenizer_dir", str(TOKENIZER), "--chunk_size", "997", "--num_workers", "2"]
+            "--tokenizer_dir", str(TOKENIZER), "--chunk_size", "997", "--num_workers", "2", "--commit_every", "0"]
     manifest = tmp_path / "out" / "train.manifest.json"
-    for suffix, n, when, files_done in [(".bin", 1, "after", 0), (".json", 3, "before", 1)]:
+    for suffix, n, when in [(".bin", 1, "after"), (".json", 8, "before")]:  # the 8th: part-2 after 2 row groups
         code = subprocess.call([sys.executable, "-c", KILL_AT, suffix, str(n), when, *args], timeout=300,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         assert code == -signal.SIGKILL
-        assert len(json.loads(manifest.read_text())["files"]) == files_done
+    recorded = json.loads(manifest.read_text())
+    assert recorded["files"] == ["parquet/part-1.parquet"] and recorded["partial"]["name"] == "parquet/part-2.parquet"
     result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "1 done before" in result.stdout
+    assert f"parquet/part-2.parquet: continuing after the {recorded['partial']['batches']} batches" in result.stdout
     assert output(tmp_path / "out", "train")[1] == output(tmp_path / "reference", "train")[1]
     assert not list((tmp_path / "out").glob(".*"))
 

@@ -70,6 +70,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download_workers", type=int, default=4, help="files fetched at once, ahead of tokenizing")
     add_retry_args(p)
     p.add_argument("--progress_every", type=float, default=10.0, help="seconds between progress lines when not a TTY")
+    p.add_argument("--commit_every", type=float, default=60.0,
+                   help="seconds between commits inside a file (a rerun redoes at most this much work per file)")
 
 
 def add_retry_args(p: argparse.ArgumentParser) -> None:
@@ -88,7 +90,8 @@ def run(source, include, exclude, reader: RowReader, args: argparse.Namespace, p
         stats = prepare(source, include, args.tokenizer_dir, args.destination, prefix=prefix, exclude=exclude,
                         reader=reader, chunk_size=args.chunk_size, max_files=args.max_files,
                         max_tokens=args.max_tokens, num_workers=args.num_workers,
-                        download_workers=args.download_workers, progress_every=args.progress_every)
+                        download_workers=args.download_workers, progress_every=args.progress_every,
+                        commit_every=args.commit_every)
     except (DataError, OSError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:

@@ -10,9 +10,10 @@ same documents come in, and local or streamed input gives identical files.
 
 Resume: the manifest `{destination}/{prefix}.manifest.json` is saved before the first chunk, and after the last
 batch of each source file the writer commits (the partial chunk is written under its counter) and the manifest
-records the file with the writer's position. A rerun skips the recorded files, reloads the partial chunk and
-deletes chunks written after the commit: every document ends up on disk exactly once, however and whenever the
-previous run ended.
+records the file with the writer's position. Within a long file (a ~2 GB parquet file takes minutes to tokenize)
+it also commits every `commit_every` seconds, recording how many of the file's batches are written. A rerun skips
+the recorded files and batches, reloads the partial chunk and deletes chunks written after the commit: every
+document ends up on disk exactly once, however and whenever the previous run ended.
 """
 
 from __future__ import annotations
@@ -134,6 +135,7 @@ class Manifest:
     def __init__(self, path: Path, options: dict) -> None:
         self.path, self.options = path, options
         self.files: list[str] = []
+        self.partial: Optional[dict] = None  # {"name", "batches"}: the file in flight at the last commit
         self.position = (0, 0)
         self.stats = Stats()
         self.complete = False
@@ -145,18 +147,18 @@ class Manifest:
             d = json.loads(self.path.read_text())
         except ValueError:
             raise DataError(f"{self.path}: unreadable manifest; delete the destination's {self.path.stem}* files to start over") from None
-        if not d["files"]:  # a run that recorded nothing binds nothing: start afresh, with this run's options
+        if not d["files"] and not d.get("partial"):  # a run that recorded nothing binds nothing: start afresh
             return False
         for key, value in self.options.items():
             if d["options"].get(key) != value:
                 raise DataError(f"{self.path}: previous run used {key}={d['options'].get(key)!r}, this one "
                                 f"{value!r}; use the same options or a fresh --destination")
-        self.files, self.position = d["files"], tuple(d["position"])
+        self.files, self.position, self.partial = d["files"], tuple(d["position"]), d.get("partial")
         self.stats, self.complete = Stats.from_json(d["stats"]), d["complete"]
         return True
 
     def save(self) -> None:
-        d = {"options": self.options, "files": self.files, "position": list(self.position),
+        d = {"options": self.options, "files": self.files, "partial": self.partial, "position": list(self.position),
              "stats": self.stats.to_json(), "complete": self.complete}
         with atomic_write(self.path) as f:
             json.dump(d, f, indent=1)
@@ -194,10 +196,10 @@ def prepare(source, include: Union[str, Sequence[str]], tokenizer_dir: Union[str
             destination: Union[str, Path], prefix: str, exclude: Sequence[str] = (), reader: RowReader = RowReader(),
             chunk_size: int = 2049 * 1024, max_files: Optional[int] = None, max_tokens: Optional[int] = None,
             num_workers: Optional[int] = None, download_workers: int = 4, progress_every: float = 10.0,
-            log=functools.partial(print, flush=True)) -> Stats:
+            commit_every: float = 60.0, log=functools.partial(print, flush=True)) -> Stats:
     """Tokenizes the files of `source` (a LocalSource/HttpSource/HuggingFaceSource) that the `include` globs
     select and no `exclude` glob does, in natural order, into `{destination}/{prefix}_*.bin` chunks; `reader` says
-    which field holds the text and which rows to keep."""
+    which field holds the text and which rows to keep; `commit_every` seconds bound the work a rerun redoes."""
     from lit_gpt.tokenizer import Tokenizer
 
     num_workers = num_workers or os.cpu_count() or 1
@@ -227,12 +229,14 @@ def prepare(source, include: Union[str, Sequence[str]], tokenizer_dir: Union[str
         return manifest.stats
     writer.resume_from(manifest.position)  # drops chunks written after the last save
 
-    done = manifest.files
-    if names[: len(done)] != done:
+    done, partial = manifest.files, manifest.partial
+    if names[: len(done)] != done or (partial and names[len(done): len(done) + 1] != [partial["name"]]):
         raise DataError(f"{manifest.path}: the files done so far are not the first files of {source.describe()}")
     todo = names[len(done):]
     log(f"{what}: {len(names)} files, {len(done)} done before, {len(todo)} to go, "
         f"{num_workers} tokenizer processes -> {destination}/{prefix}_*.bin")
+    if partial:
+        log(f"{partial['name']}: continuing after the {partial['batches']} batches written before")
 
     stats, progress = manifest.stats, Progress(len(names), progress_every)
     progress.files, start = len(done), time.perf_counter()
@@ -251,13 +255,22 @@ def prepare(source, include: Union[str, Sequence[str]], tokenizer_dir: Union[str
     fetch = functools.partial(fetch_file, source, folder=downloads, reader=reader, log=log)
     fetchers = ThreadPoolExecutor(download_workers)
     fetched: deque[Future] = deque(fetchers.submit(fetch, n) for n in todo[: download_workers + 1])
-    pending: deque = deque()  # (future or None, file name, None or the file's facts when it is its last batch)
+    # (future or None, file name, batches of the file written once this one is, None or the file's facts when it is
+    # its last batch)
+    pending: deque = deque()
     max_pending = 2 * num_workers + 2
+    last_commit = time.perf_counter()
+
+    def commit(partial: Optional[dict] = None) -> None:
+        nonlocal last_commit
+        manifest.partial, manifest.position = partial, writer.commit()
+        manifest.save()
+        last_commit = time.perf_counter()
 
     def finish_one() -> bool:
         """Writes the oldest pending result (and commits if it ends a file); True once max_tokens is reached."""
         nonlocal total_tokens
-        future, name, file_facts = pending.popleft()
+        future, name, batches_written, file_facts = pending.popleft()
         if future is not None:
             tokens, lengths, sets, bad = future.result()
             if max_tokens is not None and total_tokens + len(tokens) >= max_tokens:
@@ -281,10 +294,11 @@ def prepare(source, include: Union[str, Sequence[str]], tokenizer_dir: Union[str
                 stats.damaged_files[name] = damage
             stats.empty_files += [name] if raw_size == 0 and file_facts else []
             manifest.files.append(name)
-            manifest.position = writer.commit()
             manifest.complete = reached or len(manifest.files) == len(names)
-            manifest.save()
+            commit()
             progress.update(files=1)
+        elif time.perf_counter() - last_commit >= commit_every and batches_written is not None:
+            commit({"name": name, "batches": batches_written})
         return reached
 
     def run() -> None:
@@ -304,9 +318,14 @@ def prepare(source, include: Union[str, Sequence[str]], tokenizer_dir: Union[str
             if damage:
                 log(f"warning: {name}: {damage}; keeping what is readable before the damage")
             batches = batches or [("lines", name, 1, b"")]
-            for j, batch in enumerate(batches):
+            skip = partial["batches"] if i == 0 and partial else 0  # written before a commit mid-file
+            if skip > len(batches) - 1:
+                raise DataError(f"{name}: has {len(batches)} batches now, {skip} of them were written before; "
+                                f"the file changed since: use a fresh --destination")
+            for j, batch in enumerate(batches[skip:], start=skip):
                 facts = (raw_size, damage, temporary) if j == len(batches) - 1 else None
-                pending.append((tokenizers.submit(tokenize_batch, batch), name, facts))
+                # a damaged file's batches may differ when it is read again: commit it whole only
+                pending.append((tokenizers.submit(tokenize_batch, batch), name, None if damage else j + 1, facts))
                 while len(pending) > max_pending:
                     if finish_one():
                         return
