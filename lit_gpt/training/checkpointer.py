@@ -13,7 +13,6 @@ import copy as copy_module
 import os
 import random
 import shutil
-import signal
 import threading
 import time
 from functools import partial
@@ -108,7 +107,7 @@ class Checkpointer:
             raise TrainError(f"{full} (checkpoint {final.name} not saved)")
         started = time.perf_counter()
         staged = self._stage(state, copy=background)
-        write = partial(self._write, step, tmp, final, staged, config, need)
+        write = partial(self._write, tmp, final, staged, config, need)
         if not background:
             write(group=None)
             fabric.print(f"saved checkpoint {final} ({time.perf_counter() - started:.2f} s)")
@@ -157,7 +156,7 @@ class Checkpointer:
             tensors = tree_map_only(torch.Tensor, lambda t: t.detach().to("cpu", copy=True), tensors)
         return tensors, meta
 
-    def _write(self, step: int, tmp: Path, final: Path, staged: tuple[dict, dict], config: Config, need: int,
+    def _write(self, tmp: Path, final: Path, staged: tuple[dict, dict], config: Config, need: int,
                group: Any) -> None:
         """Writes the staged state into `tmp`, hashes, and (rank 0) renames it to `final` once every rank's part is
         complete; collectives on `group` (None: the default one)."""
@@ -179,7 +178,7 @@ class Checkpointer:
                     torch.save(meta, path / layout.SHARDED_META)
             elif rank == 0:
                 write_file({**tensors, **meta}, path)
-            save_fault_injection(step)
+            save_fault_injection()
             if rank == 0:
                 config.save(tmp / layout.MODEL_CONFIG)
             hashes = hash_files(tmp, rank, self.fabric.world_size)
@@ -278,14 +277,12 @@ def write_file(obj: Any, path: Path) -> None:
     torch.save(obj, path)
 
 
-def save_fault_injection(step: int) -> None:
-    """Test hooks in the writer, after the state files of `step` are written and before they are complete (hashed,
-    renamed): LIT_GPT_SAVE_DELAY_S=s holds the write there s seconds (a slow disk, so a test can kill the run while
-    a background save is in flight); LIT_GPT_KILL_DURING_SAVE=k SIGKILLs every rank there while saving step k."""
+def save_fault_injection() -> None:
+    """Test hook in the writer, after the state files are written and before they are complete (hashed, renamed):
+    LIT_GPT_SAVE_DELAY_S=s holds the write there s seconds, a slow disk, so that a test can kill the run while a
+    background save is in flight."""
     if os.environ.get("LIT_GPT_SAVE_DELAY_S"):
         time.sleep(float(os.environ["LIT_GPT_SAVE_DELAY_S"]))
-    if os.environ.get("LIT_GPT_KILL_DURING_SAVE") == str(step):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def rng_state() -> dict[str, Any]:
