@@ -33,6 +33,7 @@ def run_mode(mode: str, args, out_dir: Path) -> dict:
 
     from lit_gpt.config import Config
     from lit_gpt.model import GPT
+    from benchmarks.timing import synchronize
     from lit_gpt.training.checkpointer import Checkpointer
 
     fabric = Fabric(accelerator=args.accelerator, devices=1, precision=args.precision)
@@ -50,8 +51,7 @@ def run_mode(mode: str, args, out_dir: Path) -> dict:
         fabric.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if fabric.device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(fabric.device)
 
     for _ in range(args.warmup):
         step()
