@@ -248,6 +248,20 @@ def test_kill_9_mid_parquet_file_then_rerun(corpus, server, tmp_path):
     assert not list((tmp_path / "out").glob(".*"))
 
 
+def test_a_file_that_shrank_since_a_commit_inside_it_is_one_line(corpus, tmp_path):
+    """A manifest says 99 row groups of part-1 were written, but the file now has 4: the rerun refuses in one line
+    naming the file, instead of skipping or repeating documents."""
+    root, rows = corpus
+    dest = tmp_path / "out"
+    run(LocalSource(root), dest, "parquet", commit_every=0)
+    manifest = dest / "train.manifest.json"
+    recorded = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**recorded, "files": [], "complete": False,
+                                    "partial": {"name": "parquet/part-1.parquet", "batches": 99}}))
+    with pytest.raises(DataError, match=r"parquet/part-1.parquet: has 4 batches now, 99 of them were written before"):
+        run(LocalSource(root), dest, "parquet")
+
+
 def test_an_unreadable_row_group_is_named_and_the_others_kept(corpus, tmp_path, monkeypatch):
     root, rows = corpus
     real = pq.ParquetFile.read_row_group
