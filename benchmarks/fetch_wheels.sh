@@ -14,4 +14,8 @@ WHEELS=(
 "${PYTHON:-python3}" -m pip download --no-deps --only-binary=:all: --python-version "${PY_VERSION:-3.12}" \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 -d .whl "${WHEELS[@]}"
+# real prose for the `data` stage (benchmarks/prose_corpus.py): the Python docs' sources, from Debian 12's archive
+if ! { command -v apt-get > /dev/null && (cd .whl && apt-get download python3.11-doc); }; then
+  echo "note: no python3.11-doc .deb fetched (needs apt-get with Debian 12's lists): the data stage uses the bundled sample"
+fi
 ls -l .whl

@@ -21,12 +21,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import multiprocessing
 import os
 import resource
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 # the tokenizer alone runs on one core as each tokenizer process does: `tokenizers`' encode_batch would otherwise
@@ -37,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from lit_gpt.data.cli import slimpajama_reader  # noqa: E402
 from lit_gpt.data.formats import SUFFIXES, decompress, write_rows  # noqa: E402
-from lit_gpt.data.prepare import encode_with_eos, prepare  # noqa: E402
+import lit_gpt.data.prepare  # noqa: E402
+from lit_gpt.data.prepare import encode_one_core, prepare  # noqa: E402
 from lit_gpt.data.sources import LocalSource  # noqa: E402
 from lit_gpt.tokenizer import Tokenizer  # noqa: E402
 
@@ -83,12 +86,14 @@ def main() -> None:
     print(f"cpu cores: {os.cpu_count()}, load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
           f"(other processes share these cores)")
     print(f"| tokenizer | run | tokens | seconds (best of {args.trials}) | tokens/s | vs tokenizer alone | per worker | "
-          "per worker vs 2nd pass | tokenizer-process CPU s | main-process CPU s | tokenizer CPU / pipeline CPU per token |")
+          "encoding / tokenizer-process CPU | tokenizer-process CPU s | main-process CPU s | "
+          "tokenizer CPU / pipeline CPU per token |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for tok, name, n, tokens, seconds, rate, workers_cpu, main_cpu, alone, warm, alone_cpu_per_token in rows:
+    for tok, name, n, tokens, seconds, rate, workers_cpu, main_cpu, encode_cpu, alone, alone_cpu_per_token in rows:
         efficiency = alone_cpu_per_token / ((workers_cpu + main_cpu) / tokens)
+        share = f"{encode_cpu / workers_cpu:.3f}" if encode_cpu and workers_cpu else "-"
         print(f"| {tok} | {name} | {tokens:,} | {seconds:.2f} | {rate:,.0f} | {rate / alone:.2f}x | {rate / alone / n:.2f} | "
-              f"{rate / warm / n:.2f} | {workers_cpu:.2f} | {main_cpu:.2f} | {efficiency:.2f} |")
+              f"{share} | {workers_cpu:.2f} | {main_cpu:.2f} | {efficiency:.2f} |")
 
 
 def time_tokenizer(tokenizer_dir: Path, texts: list[str], trees: dict, workers: list[int], trials: int, tmp: Path) -> list:
@@ -96,36 +101,81 @@ def time_tokenizer(tokenizer_dir: Path, texts: list[str], trees: dict, workers: 
     once (so a change in the machine's load spreads over all rows rather than spoiling some) and each row keeps its
     best trial. The tokenizer alone is loaded afresh per trial, as each pipeline run's processes load it: its first
     pass over the texts is the reference; the second (a `tokenizers` BPE has then cached its first 10,000 words'
-    pieces) is shown too."""
-    runs = [(None, "first pass", 1), (None, "second pass", 1)] + list(itertools.product(trees, workers))
-    best: dict = {}  # run -> (tokens/s, tokens, tokenizer-process CPU s, main-process CPU s)
+    pieces) is shown too, and a first pass in a forked process (as the pipeline's tokenizer processes are) says
+    whether a fork alone changes the rate. In the pipeline rows the CPU the tokenizer processes spent encoding is
+    recorded too (Linux: the forked processes inherit `recorded_encode`): its share of their CPU is the pipeline's
+    efficiency per worker by CPU accounting, which a shared machine's load does not move."""
+    runs = [(None, "first pass", 1), (None, "second pass", 1), ("fork", "first pass in a forked process", 1)]
+    runs += list(itertools.product(trees, workers))
+    best: dict = {}  # run -> (tokens, seconds, tokenizer-process CPU s, main-process CPU s, encoding CPU s)
     for trial in range(trials):
         tokenizer = Tokenizer(tokenizer_dir)
+        _alone.update(tokenizer=tokenizer, texts=texts)  # inherited by the fork below, before any encoding
+        forked = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+        forked.submit(os.getpid).result()
         for run in runs:
             fmt, n = run[0], run[-1]
-            t0, main0, kids0 = time.perf_counter(), cpu_seconds(resource.RUSAGE_SELF), cpu_seconds(resource.RUSAGE_CHILDREN)
-            if fmt is None:
-                tokens = sum(map(len, encode_with_eos(tokenizer, texts)))
+            if fmt == "fork":
+                measured = forked.submit(encode_alone).result()
+                forked.shutdown()
             else:
-                dest = tmp / f"out-{tokenizer_dir.name}-{fmt}-{n}-{trial}"
-                stats = prepare(LocalSource(trees[fmt]), "train", tokenizer_dir, dest, prefix="train", reader=SLIMPAJAMA,
-                                num_workers=n, log=lambda *a: None, progress_every=1e9)
-                tokens = sum(stats.tokens.values())
-                shutil.rmtree(dest)
-            rate = tokens / (time.perf_counter() - t0)
-            main_cpu, kids_cpu = cpu_seconds(resource.RUSAGE_SELF) - main0, cpu_seconds(resource.RUSAGE_CHILDREN) - kids0
-            if rate > best.get(run, (0.0,))[0]:
-                best[run] = (rate, tokens, kids_cpu, main_cpu) if fmt else (rate, tokens, main_cpu, 0.0)
+                measured = time_run(tokenizer, fmt and trees[fmt], n, tmp / f"{tokenizer_dir.name}-{fmt}-{n}-{trial}")
+            if run not in best or measured[0] / measured[1] > best[run][0] / best[run][1]:
+                best[run] = measured
     tok = f"{tokenizer_dir.name} ({tokenizer.backend}, {tokenizer.vocab_size:,})"
-    alone, n_tokens, cpu, _ = best[runs[0]]
+    n_tokens, seconds, cpu, _, _ = best[runs[0]]
+    alone = n_tokens / seconds
     rows = []
     for run in runs:
-        rate, tokens, workers_cpu, main_cpu = best[run]
-        name = f"tokenizer alone (1 core), {run[1]}" if run[0] is None else \
+        tokens, seconds, workers_cpu, main_cpu, encode_cpu = best[run]
+        rate = tokens / seconds
+        name = f"tokenizer alone (1 core), {run[1]}" if run[0] in (None, "fork") else \
             f"pipeline, {run[0]}, {run[1]} worker{'s' if run[1] > 1 else ''}"
-        rows.append((tok, name, run[-1], tokens, tokens / rate, rate, workers_cpu, main_cpu, alone, best[runs[1]][0],
+        rows.append((tok, name, run[-1], tokens, seconds, rate, workers_cpu, main_cpu, encode_cpu, alone,
                      cpu / n_tokens))
     return rows
+
+
+def time_run(tokenizer: Tokenizer, tree, n: int, scratch: Path) -> tuple[int, float, float, float, float]:
+    """(tokens, seconds, tokenizer-process CPU s, main-process CPU s, encoding CPU s) of the tokenizer alone in this
+    process (`tree` None) or of the pipeline over `tree` with `n` tokenizer processes."""
+    t0, main0, kids0 = time.perf_counter(), cpu_seconds(resource.RUSAGE_SELF), cpu_seconds(resource.RUSAGE_CHILDREN)
+    if tree is None:
+        tokens = count_tokens(tokenizer, _alone["texts"])
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds(resource.RUSAGE_SELF) - main0
+        return tokens, seconds, cpu, 0.0, 0.0
+    ENCODE_RECORDS[0] = scratch / "encode"
+    ENCODE_RECORDS[0].mkdir(parents=True)
+    stats = prepare(LocalSource(tree), "train", tokenizer.path.parent, scratch / "out", prefix="train",
+                    reader=SLIMPAJAMA, num_workers=n, log=lambda *a: None, progress_every=1e9)
+    seconds = time.perf_counter() - t0
+    main_cpu, kids_cpu = cpu_seconds(resource.RUSAGE_SELF) - main0, cpu_seconds(resource.RUSAGE_CHILDREN) - kids0
+    encode_cpu = sum(float(f.read_text()) for f in ENCODE_RECORDS[0].iterdir())
+    shutil.rmtree(scratch)
+    return sum(stats.tokens.values()), seconds, kids_cpu, main_cpu, encode_cpu
+
+
+def count_tokens(tokenizer: Tokenizer, texts: list[str]) -> int:
+    return sum(len(ids) + 1 for ids in encode_one_core(tokenizer, texts))  # + EOS, as written
+
+
+_alone: dict = {}  # the tokenizer and texts a forked process encodes, set before it is forked
+ENCODE_RECORDS: list = [None]  # the folder where tokenizer processes record their encoding CPU, one file each
+_encode_cpu = [0.0]
+
+
+def encode_alone() -> tuple[int, float, float, float, float]:
+    """`time_run` of the tokenizer alone, in a forked process."""
+    return time_run(_alone["tokenizer"], None, 1, Path())
+
+
+def recorded_encode(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
+    """`encode_one_core`, its CPU seconds added up per process in a file of `ENCODE_RECORDS[0]`."""
+    cpu0 = time.process_time()
+    ids = encode_one_core(tokenizer, texts)
+    _encode_cpu[0] += time.process_time() - cpu0
+    (ENCODE_RECORDS[0] / str(os.getpid())).write_text(repr(_encode_cpu[0]))
+    return ids
 
 
 def cpu_seconds(who: int) -> float:
@@ -134,4 +184,5 @@ def cpu_seconds(who: int) -> float:
 
 
 if __name__ == "__main__":
+    lit_gpt.data.prepare.encode_one_core = recorded_encode  # what `tokenize_batch` calls
     main()

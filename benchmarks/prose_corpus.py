@@ -73,15 +73,16 @@ def documents(files: dict[str, bytes]) -> list[dict]:
     return rows
 
 
-def train_tokenizers(corpus: Path, out: Path, texts: list[str]) -> None:
+def train_tokenizers(corpus: Path, out: Path, texts: list[str], vocab_size: int = VOCAB) -> None:
+    """bpe{vocab_size // 1000}k, llama2-sp and llama2-hf in `out`."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import train_tokenizer
 
     train_tokenizer.main(["--source_path", str(corpus), "--include", "train", "--set_field", "meta.redpajama_set_name",
-                          "--skip_sets", "RedPajamaGithub", "--kind", "bytelevel", "--vocab_size", str(VOCAB),
-                          "--sample_docs", "10000000", "--out_dir", str(out / "bpe32k")])
+                          "--skip_sets", "RedPajamaGithub", "--kind", "bytelevel", "--vocab_size", str(vocab_size),
+                          "--sample_docs", "10000000", "--out_dir", str(out / f"bpe{vocab_size // 1000}k")])
     sp_dir, hf_dir = out / "llama2-sp", out / "llama2-hf"
-    llama2_sentencepiece(texts, sp_dir, VOCAB)
+    llama2_sentencepiece(texts, sp_dir, vocab_size)
     tokenizers_twin(sp_dir, hf_dir)
     n = same_ids(sp_dir, hf_dir, texts)
     print(f"{sp_dir} and {hf_dir}: identical ids on all {len(texts):,} documents ({n:,} tokens)")
@@ -125,16 +126,16 @@ def tokenizers_twin(sp_dir: Path, hf_dir: Path) -> None:
 
 def same_ids(sp_dir: Path, hf_dir: Path, texts: list[str]) -> int:
     """The number of tokens of `texts` (EOS appended), which both folders' tokenizers encode alike; exits otherwise."""
-    from lit_gpt.data.prepare import encode_with_eos
+    from lit_gpt.data.prepare import encode_one_core
     from lit_gpt.tokenizer import Tokenizer
 
     sp, hf = Tokenizer(sp_dir), Tokenizer(hf_dir)
     assert sp.backend == "sentencepiece" and hf.backend == "huggingface"
-    a, b = encode_with_eos(sp, texts), encode_with_eos(hf, texts)
+    a, b = encode_one_core(sp, texts), encode_one_core(hf, texts)
     differ = sum(x != y for x, y in zip(a, b))
     if differ:
         raise SystemExit(f"error: {hf_dir}: ids differ from {sp_dir}'s on {differ} of {len(texts)} documents")
-    return sum(map(len, a))
+    return sum(len(ids) + 1 for ids in a)
 
 
 def main() -> None:
@@ -143,6 +144,8 @@ def main() -> None:
     parser.add_argument("deb", type=Path, help="python3.11-doc_*.deb (apt-get download python3.11-doc)")
     parser.add_argument("--out", type=Path, required=True, help="corpus folder to write (SlimPajama layout)")
     parser.add_argument("--tokenizers", type=Path, help="also train the 32k tokenizers into this folder")
+    parser.add_argument("--vocab_size", type=int, default=VOCAB, help="the tokenizers' vocabulary size (a rehearsal "
+                        "on a small corpus needs a small one; the byte-level folder is named after it: bpe32k)")
     args = parser.parse_args()
     rows = documents(deb_members(args.deb))
     shutil.rmtree(args.out / "train", ignore_errors=True)
@@ -153,7 +156,7 @@ def main() -> None:
     print(f"{args.out}: {len(rows):,} documents ({sum(len(r['text']) for r in rows):,} characters), "
           f"{len(kept):,} outside the skipped set, in {N_FILES} files")
     if args.tokenizers:
-        train_tokenizers(args.out, args.tokenizers, kept)
+        train_tokenizers(args.out, args.tokenizers, kept, args.vocab_size)
 
 
 if __name__ == "__main__":

@@ -49,9 +49,12 @@ export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/lit_gpt_compile_cache/triton}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 tiny=() compile=() kernels=() tests=()
 data_tok=(--vocab_size 32000) data_run=(--formats jsonl.zst parquet --repeat 8 --trials 2 --workers 1 2 4 8 15)
+# ~170 s on 16 cores: 6 copies of the prose (~100 batches a format, so 15 workers get ~6 each)
+prose_tok=() prose_run=(--formats parquet jsonl.zst --repeat 6 --trials 1 --workers 1 4 8 15)
 if [ $dry = 1 ]; then
   tiny=(--tiny) compile=(--compile-backend aot_eager) kernels=(--no-compile) tests=(-m cuda)
   data_tok=(--vocab_size 1000 --sample_docs 100) data_run=(--formats parquet --repeat 1 --trials 1 --workers 1)
+  prose_tok=(--vocab_size 1000) prose_run=(--formats parquet --repeat 1 --trials 1 --workers 1)
   imports=$(mktemp -d) && trap 'rm -rf "$imports"' EXIT
   export PYTHONPATH=$PWD/benchmarks/import_log:$PYTHONPATH  # its sitecustomize records each process's imports
 else
@@ -97,14 +100,23 @@ run_stage() {
       timeout "$BUDGET" "$PY" benchmarks/checkpoint_cost.py --accelerator cuda --precision bf16-mixed \
         --model_name MicroLlama-300M --block_size 2048 --micro_batch_size 8 "${tiny[@]}" \
         2> "$out/checkpoint.log" | tee "$out/checkpoint.md" ;;
-    data)  # the data pipeline's scaling over the machine's 16 cores (the test VM has 2): the bundled sample, its
-           # 4096-piece sentencepiece model and a byte-level BPE trained here on the same sample, 1 to 15 workers
-      local tok; tok=$(mktemp -d)
-      "$PY" scripts/train_tokenizer.py --source_path data/sample_slimpajama --include train --kind bytelevel \
-        "${data_tok[@]}" --out_dir "$tok/bpe" > "$out/data.log" 2>&1 \
-        && timeout "$BUDGET" "$PY" benchmarks/prepare_throughput.py --tokenizer_dir data/tokenizer "$tok/bpe" \
-          "${data_run[@]}" 2>> "$out/data.log" | tee "$out/data.md"
-      local status=$?; rm -rf "$tok"; return "$status" ;;
+    data)  # the data pipeline's scaling over the machine's 16 cores (the test VM has 2). Real prose when the
+           # Python docs' .deb is there (fetch_wheels.sh puts it in .whl/; PROSE_DEB names another, PROSE_DEB= none)
+           # with its 32k byte-level BPE and Llama-2-style sentencepiece tokenizers (benchmarks/prose_corpus.py);
+           # else the bundled sample with its 4096-piece sentencepiece model and a byte-level BPE trained here
+      local tok deb status; tok=$(mktemp -d); deb=${PROSE_DEB-$(compgen -G ".whl/python3.11-doc_*.deb" | head -1)}
+      if [ -n "$deb" ]; then
+        timeout "$BUDGET" "$PY" benchmarks/prose_corpus.py "$deb" --out "$tok/prose" --tokenizers "$tok/tok" \
+          "${prose_tok[@]}" > "$out/data.log" 2>&1 \
+          && timeout "$BUDGET" "$PY" benchmarks/prepare_throughput.py --sample "$tok/prose" --tokenizer_dir "$tok"/tok/bpe*k \
+            "$tok/tok/llama2-sp" "${prose_run[@]}" 2>> "$out/data.log" | tee "$out/data.md"
+      else
+        "$PY" scripts/train_tokenizer.py --source_path data/sample_slimpajama --include train --kind bytelevel \
+          "${data_tok[@]}" --out_dir "$tok/bpe" > "$out/data.log" 2>&1 \
+          && timeout "$BUDGET" "$PY" benchmarks/prepare_throughput.py --tokenizer_dir data/tokenizer "$tok/bpe" \
+            "${data_run[@]}" 2>> "$out/data.log" | tee "$out/data.md"
+      fi
+      status=$?; rm -rf "$tok"; return "$status" ;;
     tests)
       timeout "$BUDGET" "$PY" -m pytest -q -p no:cacheprovider "${tests[@]}" tests/test_kernels.py \
         tests/test_trainer_cuda.py tests/test_model.py 2>&1 | tee "$out/tests.log" ;;

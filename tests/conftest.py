@@ -63,3 +63,24 @@ def no_process_left_behind():
         with contextlib.suppress(OSError):
             os.kill(int(line.split()[0]), signal.SIGKILL)
     assert not left, "processes started by the tests outlived them:\n" + "\n".join(left)
+
+
+def doc_deb(path: Path, docs: dict) -> Path:
+    """A .deb (an `ar` archive with data.tar.xz) holding `docs` ({name: text}) as python3.11-doc's reST sources, as
+    benchmarks/prose_corpus.py reads them."""
+    import io
+    import tarfile
+
+    from benchmarks.prose_corpus import SOURCES
+
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w:xz") as t:
+        for name, text in docs.items():
+            info = tarfile.TarInfo(f"./{SOURCES}{name}")
+            info.size = len(text.encode())
+            t.addfile(info, io.BytesIO(text.encode()))
+    deb = b"!<arch>\n"
+    for name, body in (("debian-binary", b"2.0\n"), ("data.tar.xz", tar.getvalue())):
+        deb += f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(body):<10}`\n".encode() + body + b"\n" * (len(body) % 2)
+    path.write_bytes(deb)
+    return path

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import zstandard
 
-from lit_gpt.data.prepare import Manifest, Stats, prepare
+from lit_gpt.data.prepare import Manifest, Stats, pack_with_eos, prepare
 from lit_gpt.data.cli import slimpajama_reader
 from lit_gpt.data.formats import decompress
 from lit_gpt.data.sources import DataError, HttpSource, LocalSource
@@ -151,6 +151,16 @@ def test_every_document_once_same_for_1_and_2_workers_and_stream(corpus, server,
     _, _, url = server
     run(HttpSource(url), tmp_path / "http", num_workers=2, download_workers=2)
     assert output(tmp_path / "http")[1] == files_one
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+def test_pack_with_eos_equals_appending_eos_to_each_document(dtype):
+    ids = [[5, 6, 7], [], [65535 if dtype == np.uint16 else 70000], [1] * 1000, []]
+    tokens, lengths = pack_with_eos(ids, 2, dtype)
+    assert tokens.dtype == dtype and lengths.tolist() == [len(d) + 1 for d in ids]
+    assert tokens.tolist() == [t for d in ids for t in d + [2]]
+    tokens, lengths = pack_with_eos([], 2, dtype)
+    assert len(tokens) == 0 and len(lengths) == 0
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="forked tokenizer processes")

@@ -6,6 +6,7 @@ keeps its rows, a failing check fails)."""
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 
@@ -14,21 +15,37 @@ import torch
 
 from benchmarks import device_image, gpu_check, quick
 from benchmarks.train_throughput import ROW_KEYS
-from tests.conftest import ROOT
+from tests.conftest import ROOT, doc_deb
 
 STAGES = ["quick", "peers", "tinyllama", "kernels", "sweep", "autotune", "micro", "accelerators", "checkpoint", "tests", "data"]
 
 
-def run_gpu_sh(tmp_path, *args, timeout=900):
+def run_gpu_sh(tmp_path, *args, timeout=900, **env):
     env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable, BUDGET="600",
-               TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"), TRITON_CACHE_DIR=str(tmp_path / "triton"))
+               TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"), TRITON_CACHE_DIR=str(tmp_path / "triton"), **env)
     return subprocess.run(["bash", str(ROOT / "benchmarks" / "run_gpu.sh"), *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=env)
 
 
+def prose_deb(path):
+    """A stand-in for python3.11-doc's .deb: 7 files of made-up words, enough for the rehearsal's 1,000-piece
+    tokenizers."""
+    rng = random.Random(0)
+    syllables = "ka lo mi ne su ta ri po ve zu da fe gi ho ju ba ce di fo gu".split()
+
+    def paragraph():
+        words = ("".join(rng.choices(syllables, k=rng.randint(1, 3))) for _ in range(rng.randint(20, 60)))
+        return " ".join(words) + "."
+
+    docs = {f"library/m{i}.rst.txt": "\n\n".join(paragraph() for _ in range(40)) for i in range(6)}
+    docs["c-api/x.rst.txt"] = "\n\n".join(paragraph() for _ in range(10))
+    return doc_deb(path, docs)
+
+
 @pytest.mark.slow
 def test_dry_run_of_every_stage(tmp_path):
-    proc = run_gpu_sh(tmp_path, "--dry-run", "all")
+    """The `data` stage takes the real-prose path (a .deb as fetch_wheels.sh fetches, here a stand-in)."""
+    proc = run_gpu_sh(tmp_path, "--dry-run", "all", PROSE_DEB=str(prose_deb(tmp_path / "doc.deb")))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "out"
     for stage in STAGES:
@@ -53,7 +70,8 @@ def test_dry_run_of_every_stage(tmp_path):
     assert "| kernel rope | ok |" in md and "## Time per part" in md
 
     data = (out / "data.md").read_text()
-    assert "| tokenizer (sentencepiece, 4,096) | pipeline, parquet, 1 worker |" in data and "| bpe (huggingface, " in data
+    assert "| llama2-sp (sentencepiece, 1,000) | pipeline, parquet, 1 worker |" in data
+    assert "| bpe1k (huggingface, 1,000) | pipeline, parquet, 1 worker |" in data
     costs = (out / "checkpoint.md").read_text()
     assert "| background |" in costs and "| at once |" in costs and "training time lost per save" in costs
 
@@ -80,6 +98,13 @@ def test_dry_run_of_every_stage(tmp_path):
     assert "lit_gpt kernels+compile flash_attn3 (flash_attn_interface not installed)" in (
         out / "accelerators.md").read_text()
     assert "skipped" in (out / "tests.log").read_text()
+
+
+def test_dry_run_of_the_data_stage_without_the_prose_deb(tmp_path):
+    proc = run_gpu_sh(tmp_path, "--dry-run", "data", PROSE_DEB="")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = (tmp_path / "out" / "data.md").read_text()
+    assert "| tokenizer (sentencepiece, 4,096) | pipeline, parquet, 1 worker |" in data and "| bpe (huggingface, " in data
 
 
 def test_run_gpu_rejects_unknown_stage_and_a_machine_without_gpu(tmp_path):
