@@ -146,8 +146,12 @@ def time_run(tokenizer: Tokenizer, tree, n: int, scratch: Path) -> tuple[int, fl
         return tokens, seconds, cpu, 0.0, 0.0
     ENCODE_RECORDS[0] = scratch / "encode"
     ENCODE_RECORDS[0].mkdir(parents=True)
-    stats = prepare(LocalSource(tree), "train", tokenizer.path.parent, scratch / "out", prefix="train",
-                    reader=SLIMPAJAMA, num_workers=n, log=lambda *a: None, progress_every=1e9)
+    lit_gpt.data.prepare.encode_one_core = recorded_encode  # what `tokenize_batch` calls, in the forked processes
+    try:
+        stats = prepare(LocalSource(tree), "train", tokenizer.path.parent, scratch / "out", prefix="train",
+                        reader=SLIMPAJAMA, num_workers=n, log=lambda *a: None, progress_every=1e9)
+    finally:
+        lit_gpt.data.prepare.encode_one_core = encode_one_core
     seconds = time.perf_counter() - t0
     main_cpu, kids_cpu = cpu_seconds(resource.RUSAGE_SELF) - main0, cpu_seconds(resource.RUSAGE_CHILDREN) - kids0
     encode_cpu = sum(float(f.read_text()) for f in ENCODE_RECORDS[0].iterdir())
@@ -184,5 +188,4 @@ def cpu_seconds(who: int) -> float:
 
 
 if __name__ == "__main__":
-    lit_gpt.data.prepare.encode_one_core = recorded_encode  # what `tokenize_batch` calls
     main()
