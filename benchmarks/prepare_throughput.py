@@ -6,7 +6,8 @@ tokenizing, writing chunks and manifests) over `--repeat` copies of the sample's
 `--formats` (the same documents in the same order; parquet in row groups of 1000 rows); the tokenizer alone encodes
 the same documents' texts, already in memory, on one core. Besides wall-clock rates, the CPU seconds spent per token are
 reported (tokenizer processes and main process apart): on a shared machine, where other jobs take cores away,
-they still say how much work the pipeline adds on top of the tokenizer.
+they still say how much work the pipeline adds on top of the tokenizer; and the share of the tokenizer processes'
+CPU spent inside the tokenizer's own call (`encoding / tokenizer-process CPU`, recorded in the run itself).
 
     python benchmarks/prepare_throughput.py                 # 1 and all-cores workers
     python benchmarks/prepare_throughput.py --workers 1 2 4
