@@ -149,7 +149,7 @@ def time_run(tokenizer: Tokenizer, tree, n: int, scratch: Path) -> tuple[int, fl
     ENCODE_RECORDS[0].mkdir(parents=True)
     lit_gpt.data.prepare.encode_one_core = recorded_encode  # what `tokenize_batch` calls, in the forked processes
     try:
-        stats = prepare(LocalSource(tree), "train", tokenizer.path.parent, scratch / "out", prefix="train",
+        stats = prepare(LocalSource(tree), "train", tokenizer.folder, scratch / "out", prefix="train",
                         reader=SLIMPAJAMA, num_workers=n, log=lambda *a: None, progress_every=1e9)
     finally:
         lit_gpt.data.prepare.encode_one_core = encode_one_core

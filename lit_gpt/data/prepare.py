@@ -116,7 +116,7 @@ def pack_with_eos(ids: list[list[int]], eos_id: int, dtype) -> tuple[np.ndarray,
     (reading the Python ints the tokenizer returns is the floor)."""
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + 1
     ends = np.cumsum(lengths)
-    tokens = np.empty(int(ends[-1]) if len(ends) else 0, dtype=dtype)
+    tokens = np.empty(int(lengths.sum()), dtype=dtype)
     for start, doc in zip((ends - lengths).tolist(), ids):
         tokens[start: start + len(doc)] = doc
     tokens[ends - 1] = eos_id
